@@ -1,0 +1,1 @@
+"""Arbitrary-scale CT super-resolution with a latent diffusion model and an implicit neural decoder."""

@@ -1,0 +1,1 @@
+"""CT slices: intensity convention, degradation, datasets, sample data and conversion."""

@@ -1,0 +1,99 @@
+"""LR slices from HR slices at any float scale, entirely in float (never through 8-bit images).
+
+Two models, chosen by name:
+- `bicubic`: antialiased bicubic downsampling, the LIIF / Kim & Kim protocol.
+- `ct`: a Gaussian point-spread blur whose width follows the scale (sigma = 0.5 * sqrt(s^2 - 1)
+  HR pixels, the blur that brings an HR pixel's footprint to an LR pixel's), area resampling
+  to the LR grid, then optional Gaussian noise given in HU.
+Tensors are (B, C, H, W) in [-1, 1]; noise in HU is converted through the window width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+DEGRADATIONS = ("bicubic", "ct")
+Size = tuple[int, int]
+
+
+def as_size(size: int | tuple[int, int] | list[int]) -> Size:
+    if isinstance(size, int):
+        return (size, size)
+    h, w = (int(v) for v in size)
+    return (h, w)
+
+
+def resize(x: torch.Tensor, size: int | Size, antialias: bool = True) -> torch.Tensor:
+    """Bicubic resize of a (B, C, H, W) float tensor; antialiased when shrinking."""
+    size = as_size(size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=antialias)
+
+
+def upsample(lr: torch.Tensor, size: int | Size, mode: str = "bicubic") -> torch.Tensor:
+    """LR -> model input size, the way the conditioning and the baselines read the LR."""
+    size = as_size(size)
+    if mode == "nearest":
+        return F.interpolate(lr, size=size, mode="nearest-exact")
+    if mode in ("bilinear", "bicubic"):
+        return F.interpolate(lr, size=size, mode=mode, align_corners=False)
+    raise ValueError(f"upsample mode: expected nearest, bilinear or bicubic, got '{mode}'")
+
+
+def _gaussian_kernel1d(sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    radius = max(1, math.ceil(3.0 * sigma))
+    t = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: tuple[float, float]) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding; sigma per axis in pixels (0 = none)."""
+    b, c, h, w = x.shape
+    y = x.reshape(b * c, 1, h, w)
+    for axis, s in enumerate(sigma):
+        if s <= 1e-3:
+            continue
+        k = _gaussian_kernel1d(s, x.device, x.dtype)
+        r = k.numel() // 2
+        if axis == 0:
+            r = min(r, h - 1)
+            k = k[k.numel() // 2 - r : k.numel() // 2 + r + 1]
+            y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), (k / k.sum()).view(1, 1, -1, 1))
+        else:
+            r = min(r, w - 1)
+            k = k[k.numel() // 2 - r : k.numel() // 2 + r + 1]
+            y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), (k / k.sum()).view(1, 1, 1, -1))
+    return y.reshape(b, c, h, w)
+
+
+def degrade(
+    hr: torch.Tensor,
+    lr_size: int | Size,
+    kind: str = "bicubic",
+    noise_hu: float = 0.0,
+    window_width: float = 4095.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """HR (B, C, H, W) in [-1, 1] -> LR (B, C, h, w) by the named degradation model."""
+    h, w = as_size(lr_size)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"lr_size: must be positive, got {(h, w)}")
+    if h > hr.shape[-2] or w > hr.shape[-1]:
+        raise ValueError(f"lr_size: {(h, w)} is larger than the HR slice {tuple(hr.shape[-2:])}")
+    if kind == "bicubic":
+        lr = resize(hr, (h, w), antialias=True)
+    elif kind == "ct":
+        s_h, s_w = hr.shape[-2] / h, hr.shape[-1] / w
+        sigma = (0.5 * math.sqrt(max(s_h**2 - 1.0, 0.0)), 0.5 * math.sqrt(max(s_w**2 - 1.0, 0.0)))
+        lr = F.interpolate(gaussian_blur(hr, sigma), size=(h, w), mode="area")
+    else:
+        raise ValueError(f"degradation: expected one of {DEGRADATIONS}, got '{kind}'")
+    if noise_hu > 0:
+        noise = torch.randn(lr.shape, generator=generator, dtype=lr.dtype, device="cpu").to(lr.device)
+        lr = lr + noise * (2.0 * noise_hu / window_width)
+    return lr

@@ -1,0 +1,82 @@
+"""Config plumbing: `target`/`params` nodes and the atomic-write helper every output goes through."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config node is missing, malformed or names something that does not import."""
+
+
+def get_obj_from_str(name: str, key: str = "target") -> Any:
+    """Import `package.module.Attr`; errors name the config key and the dotted path."""
+    module_name, _, attr = name.rpartition(".")
+    if not module_name:
+        raise ConfigError(f"{key}: '{name}' is not a dotted path like package.module.Class")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"{key}: cannot import module '{module_name}' ({err})") from err
+    try:
+        return getattr(module, attr)
+    except AttributeError as err:
+        raise ConfigError(f"{key}: module '{module_name}' has no attribute '{attr}'") from err
+
+
+def instantiate_from_config(config: Mapping[str, Any] | None, key: str = "config", **extra: Any) -> Any:
+    """Build `target(**params, **extra)` from a config node; `key` names the node in error messages."""
+    if config is None or not hasattr(config, "get") or "target" not in config:
+        raise ConfigError(f"{key}: expected a node with 'target:' (and optional 'params:')")
+    cls = get_obj_from_str(str(config["target"]), key=f"{key}.target")
+    params = config.get("params") or {}
+    if isinstance(params, DictConfig):
+        # plain containers: models keep them as hyper-parameters, and checkpoints must unpickle safely
+        params = OmegaConf.to_container(params, resolve=True)
+    params = dict(params)
+    params.update(extra)
+    return cls(**params)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds.
+
+    A crash mid-write therefore never leaves a truncated file where a good one was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def count_params(module: Any) -> int:
+    return sum(p.numel() for p in module.parameters())

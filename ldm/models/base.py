@@ -6,10 +6,15 @@ and read `kind`; nothing outside a model knows its internals.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Protocol
 
 import torch
+from torch import nn
+
+from ldm.modules.ema import EMA
 
 
 class SuperResolver(Protocol):
@@ -46,3 +51,36 @@ def model_input_size(
         n = min(out_n, lr_n * max_input_scale)
         size.append(max(multiple, math.ceil(n / multiple) * multiple))
     return size[0], size[1]
+
+
+class EMAMixin:
+    """EMA bookkeeping shared by the trainable models (mix in before pl.LightningModule).
+
+    A model calls `init_ema(use_ema, decay)` after building the module whose weights are
+    averaged (`ema_target()`); validation, sampling and evaluation run inside `ema_scope()`.
+    """
+
+    ema: EMA | None
+
+    def ema_target(self) -> nn.Module:
+        raise NotImplementedError
+
+    def init_ema(self, use_ema: bool, decay: float = 0.9999) -> None:
+        self.ema = EMA(self.ema_target(), decay) if use_ema else None
+
+    @contextlib.contextmanager
+    def ema_scope(self) -> Iterator[None]:
+        if self.ema is None:
+            yield
+            return
+        with self.ema.average_parameters(self.ema_target()):
+            yield
+
+    def use_ema_weights(self) -> None:
+        """Copy the EMA weights into the model for good (evaluation, export)."""
+        if self.ema is not None:
+            self.ema.copy_to(self.ema_target())
+
+    def on_train_batch_end(self, *args: object, **kwargs: object) -> None:
+        if self.ema is not None:
+            self.ema.update(self.ema_target())

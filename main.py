@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         devices=gpus or 1,
         num_nodes=opt.num_nodes,
         default_root_dir=str(logdir),
+        use_distributed_sampler=False,  # the data module's SeededSampler shards by rank itself
     )
     if n_devices > 1 or opt.num_nodes > 1:
         trainer_kwargs.setdefault("strategy", "ddp")

@@ -50,28 +50,31 @@ class SRBatches:
         self.window_width = window_width
         self.fixed_scale = fixed_scale
 
-    def _scale(self) -> float:
+    def _scale(self, rng: torch.Generator | None) -> float:
         if self.fixed_scale is not None:
             return float(self.fixed_scale)
         lo, hi = self.scale_range
-        return lo + (hi - lo) * float(torch.rand(()))
+        return lo + (hi - lo) * float(torch.rand((), generator=rng))
 
-    def _crop(self, images: torch.Tensor, size: int) -> torch.Tensor:
+    def _crop(self, images: torch.Tensor, size: int, rng: torch.Generator | None) -> torch.Tensor:
         h, w = images.shape[-2:]
         if self.fixed_scale is not None:
             top, left = (h - size) // 2, (w - size) // 2
         else:
-            top = int(torch.randint(0, h - size + 1, ()))
-            left = int(torch.randint(0, w - size + 1, ()))
+            top = int(torch.randint(0, h - size + 1, (), generator=rng))
+            left = int(torch.randint(0, w - size + 1, (), generator=rng))
         return images[..., top : top + size, left : left + size]
 
     def __call__(self, items: list[dict]) -> dict:
         images = torch.stack([item["image"] for item in items])  # (B, 1, H, W)
-        scale = self._scale()
+        # Items from a SeededSampler carry seeds: the batch's draws then follow the first one,
+        # whatever worker or process assembles the batch.
+        rng = torch.Generator().manual_seed(items[0]["seed"] ^ 0x5EED) if "seed" in items[0] else None
+        scale = self._scale(rng)
         if self.lr_size is not None:
             lr_size = self.lr_size
             hr_size = min(round(lr_size * scale), images.shape[-2], images.shape[-1])
-            hr = self._crop(images, hr_size)
+            hr = self._crop(images, hr_size, rng)
             gt = hr
         else:
             hr = images
@@ -80,8 +83,10 @@ class SRBatches:
                 gt = hr
             else:
                 lo, hi = self.gt_size_range
-                gt = resize(hr, int(torch.randint(int(lo), int(hi) + 1, ())))
-        generator = torch.Generator().manual_seed(int(scale * 1e6)) if self.fixed_scale is not None else None
+                gt = resize(hr, int(torch.randint(int(lo), int(hi) + 1, (), generator=rng)))
+        generator = rng
+        if generator is None and self.fixed_scale is not None:
+            generator = torch.Generator().manual_seed(int(scale * 1e6))
         lr_hw = (lr_size, max(1, round(hr.shape[-1] * lr_size / hr.shape[-2])))
         lr = degrade(hr, lr_hw, self.degradation, self.noise_hu, self.window_width, generator)
         real_scale = hr.shape[-2] / lr_size

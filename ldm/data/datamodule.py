@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
 
 from ldm.data.batches import SRBatches
 from ldm.data.intensity import FULL_WINDOW, check_window
+from ldm.data.loader import ResumableLoader
 from ldm.data.slices import CTSlices, read_split_list
 
 
@@ -24,6 +25,8 @@ class CTDataModule(pl.LightningDataModule):
     monitor_from_train: when the val list is absent or empty (too few patients for a val split),
         this many evenly spaced training slices are used to monitor training; they are training
         patients, so such numbers are never a held-out result.
+    seed: the data's own seed (default: main.py's --seed): every crop, flip, scale and noise draw
+        is a function of (seed, epoch, position), so runs are reproducible and resumable.
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class CTDataModule(pl.LightningDataModule):
         noise_hu: float = 0.0,
         val_scale: float = 4.0,
         monitor_from_train: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -60,6 +64,7 @@ class CTDataModule(pl.LightningDataModule):
         self.crop = crop
         self.augment = augment
         self.monitor_from_train = monitor_from_train
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 23)) if seed is None else int(seed)
         width = self.hu_window[1] - self.hu_window[0]
         common = dict(lr_size=lr_size, degradation=degradation, noise_hu=noise_hu, window_width=width)
         self.train_batches = SRBatches(tuple(scale_range), gt_size_range, **common)
@@ -84,10 +89,11 @@ class CTDataModule(pl.LightningDataModule):
             )
             self.datasets["val"] = self._dataset(train_paths[::step][: self.monitor_from_train], train=False)
 
-    def _loader(self, name: str, train: bool) -> DataLoader:
-        return DataLoader(
+    def _loader(self, name: str, train: bool) -> ResumableLoader:
+        return ResumableLoader(
             self.datasets[name],
             batch_size=self.batch_size if train else self.val_batch_size,
+            seed=self.seed,
             shuffle=train,
             drop_last=train and len(self.datasets[name]) >= self.batch_size,
             num_workers=self.num_workers,
@@ -95,8 +101,8 @@ class CTDataModule(pl.LightningDataModule):
             collate_fn=self.train_batches if train else self.val_batches,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         return self._loader("train", train=True)
 
-    def val_dataloader(self) -> DataLoader | list:
+    def val_dataloader(self) -> ResumableLoader | list:
         return self._loader("val", train=False) if "val" in self.datasets else []

@@ -65,26 +65,32 @@ class CTSlices(Dataset):
             x = resize(x[None], self.resize_to)[0]
         return x
 
-    def _crop(self, x: torch.Tensor) -> torch.Tensor:
+    def _crop(self, x: torch.Tensor, index: int, rng: torch.Generator | None) -> torch.Tensor:
         size = self.crop
         h, w = x.shape[-2:]
         if size is None:
             return x
         if h < size or w < size:
-            raise ValueError(f"{self.paths[0].parent}: slice {h}x{w} is smaller than crop {size}")
+            raise ValueError(f"{self.paths[index]}: slice {h}x{w} is smaller than crop {size}")
         if self.augment:
-            top = int(torch.randint(0, h - size + 1, ()).item())
-            left = int(torch.randint(0, w - size + 1, ()).item())
+            top = int(torch.randint(0, h - size + 1, (), generator=rng))
+            left = int(torch.randint(0, w - size + 1, (), generator=rng))
         else:
             top, left = (h - size) // 2, (w - size) // 2
         return x[:, top : top + size, left : left + size]
 
-    def __getitem__(self, index: int) -> dict:
-        x = self._crop(self.load(index))
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        """item: an index, or (index, seed) from a SeededSampler (then every draw follows the seed)."""
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        rng = torch.Generator().manual_seed(seed) if seed is not None else None
+        x = self._crop(self.load(index), index, rng)
         if self.augment:
-            if torch.rand(()) < 0.5:
+            if torch.rand((), generator=rng) < 0.5:
                 x = x.flip(-1)
-            if torch.rand(()) < 0.5:
+            if torch.rand((), generator=rng) < 0.5:
                 x = x.flip(-2)
-            x = torch.rot90(x, int(torch.randint(0, 4, ()).item()), dims=(-2, -1))
-        return {"image": x.contiguous(), "path": str(self.paths[index])}
+            x = torch.rot90(x, int(torch.randint(0, 4, (), generator=rng)), dims=(-2, -1))
+        out = {"image": x.contiguous(), "path": str(self.paths[index])}
+        if seed is not None:
+            out["seed"] = seed
+        return out

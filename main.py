@@ -29,12 +29,35 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"boolean value expected, got '{value}'")
 
 
+BOOL_WORDS = {"yes", "true", "t", "y", "1", "no", "false", "f", "n", "0"}
+
+
+def normalise_switches(argv: list[str]) -> list[str]:
+    """Accept latent-diffusion's '-t True' / '--no-test False' while a bare '-t' still works.
+
+    argparse's optional-value flags would swallow a following 'key=value' override instead.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in ("-t", "--train", "--no-test") and nxt is not None and nxt.lower() in BOOL_WORDS:
+            if str2bool(nxt):
+                out.append(arg)
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-b", "--base", nargs="*", metavar="config.yaml", default=[],
                         help="config files merged left to right; trailing key.path=value arguments override them")
-    parser.add_argument("-t", "--train", type=str2bool, nargs="?", const=True, default=False, help="train")
-    parser.add_argument("--no-test", type=str2bool, nargs="?", const=True, default=False,
+    parser.add_argument("-t", "--train", action="store_true", help="train (also accepts '-t True')")
+    parser.add_argument("--no-test", action="store_true",
                         help="accepted for latent-diffusion compatibility; testing is eval_sr.py's job")
     parser.add_argument("-n", "--name", default="", help="run name (default: the last config's file name)")
     parser.add_argument("-r", "--resume", default="", help="a log dir or a checkpoint in one to continue")
@@ -111,7 +134,7 @@ def make_logdir(opt: argparse.Namespace, now: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    opt, dotlist = get_parser().parse_known_args(argv)
+    opt, dotlist = get_parser().parse_known_args(normalise_switches(argv))
     now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     ckpt_path = None
     if opt.resume:

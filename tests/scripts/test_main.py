@@ -1,0 +1,126 @@
+"""main.py as users run it: a subprocess on the tiny first-stage config, on the CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "first-stage" / "ct-tiny.yaml"
+
+KILLER = '''
+import os, signal
+import pytorch_lightning as pl
+
+class SigtermAt(pl.Callback):
+    """Sends SIGTERM to this process after training step `at_step` (a scheduler's kill)."""
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+'''
+
+
+def run_main(args: list[str], tmp_path: Path, splits, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    data = [
+        f"data.params.root={splits.root}",
+        f"data.params.train_list={splits.train}",
+        f"data.params.val_list={splits.val}",
+        "data.params.batch_size=2",
+    ]
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1", **(extra_env or {})}
+    return subprocess.run(
+        [sys.executable, str(REPO / "main.py"), *args, "-l", str(tmp_path / "logs"), *data],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def only_run(tmp_path: Path, name: str = "") -> Path:
+    runs = sorted((tmp_path / "logs").glob(f"*{name}"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_train_writes_the_log_layout_and_resume_continues(tmp_path, ct_splits):
+    overrides = ["lightning.trainer.max_steps=4", "lightning.trainer.val_check_interval=2",
+                 "lightning.trainer.log_every_n_steps=1"]
+    proc = run_main(["--base", str(TINY), "-t", *overrides], tmp_path, ct_splits)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = only_run(tmp_path)
+    assert run.name.endswith("_ct-tiny")
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 4
+    assert len(list((run / "configs").glob("*-project.yaml"))) == 1
+    assert len(list((run / "configs").glob("*-lightning.yaml"))) == 1
+    assert list((run / "images" / "train").glob("*.png"))
+    assert list((run / "images" / "val").glob("*.png"))
+    assert (run / "csv" / "metrics.csv").read_text().count("train/loss") >= 1
+    assert list((run / "tensorboard").glob("events.*"))
+    assert list((run / "checkpoints").glob("best-*.ckpt")), "top-k by val/psnr"
+    # the dotlist override is part of the snapshot
+    snapshot = next((run / "configs").glob("*-lightning.yaml")).read_text()
+    assert "max_steps: 4" in snapshot
+
+    proc = run_main(["-r", str(run), "-t", "lightning.trainer.max_steps=6"], tmp_path, ct_splits)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert only_run(tmp_path) == run, "resume continues in the same log dir"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+def test_sigterm_saves_and_resume_equals_an_uninterrupted_run(tmp_path, ct_splits):
+    (tmp_path / "killer.py").write_text(KILLER)
+    common = ["--base", str(TINY), "-t", "lightning.trainer.max_steps=7", "lightning.trainer.val_check_interval=3"]
+    full = run_main([*common, "-n", "full"], tmp_path, ct_splits)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    killed = run_main([*common, "-n", "killed", "lightning.callbacks.killer.target=killer.SigtermAt",
+                       "lightning.callbacks.killer.params.at_step=3"], tmp_path, ct_splits)
+    assert killed.returncode != 0
+    assert "resume with:" in killed.stderr and "-r" in killed.stderr
+    run = only_run(tmp_path, "_killed")
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+    resumed = run_main(["-r", str(run), "-t", "lightning.callbacks.killer.params.at_step=-1"], tmp_path, ct_splits)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(only_run(tmp_path, "_full") / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 7
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    states_a, states_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for sa, sb in zip(states_a.values(), states_b.values(), strict=True):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.target=ldm.models.nowhere.Model", "model.target: cannot import module 'ldm.models.nowhere'"),
+        ("data.target=ldm.data.datamodule.NoSuchModule", "data.target: module 'ldm.data.datamodule' has no"),
+    ],
+)
+def test_bad_target_is_a_one_line_error_naming_the_key(tmp_path, ct_splits, override, message):
+    proc = run_main(["--base", str(TINY), "-t", override], tmp_path, ct_splits)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "logs").exists(), "no log dir for a run that never started"
+
+
+def test_missing_section_and_missing_file(tmp_path, ct_splits):
+    cfg = tmp_path / "no-model.yaml"
+    cfg.write_text("data:\n  target: ldm.data.datamodule.CTDataModule\n")
+    proc = run_main(["--base", str(cfg), "-t"], tmp_path, ct_splits)
+    assert proc.returncode == 2 and "model: missing section" in proc.stderr
+    proc = run_main(["--base", str(tmp_path / "nope.yaml"), "-t"], tmp_path, ct_splits)
+    assert proc.returncode == 2 and "nope.yaml not found" in proc.stderr

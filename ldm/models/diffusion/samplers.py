@@ -1,0 +1,121 @@
+"""Samplers over an eps-predicting model, in the style of k-diffusion's sampling.py.
+
+Every sampler is `(model, x, schedule, extra_args=None, callback=None, disable=None, **options)`:
+  model(x_t, t, **extra_args) -> eps   x_t (B, ...), t (B,) long timesteps; a v-model is wrapped
+                                       by its caller so samplers stay parameterisation-free
+  x                                    the starting noise x_T (B, ...)
+  schedule                             a DiffusionSchedule
+  callback({"x", "i", "t", "pred_x0"}) after every step; disable: turn the tqdm bar off.
+Returns the sample x_0.
+
+Seeding: the per-step noise is drawn on the CPU from `generator` (a CPU torch.Generator) and
+then moved to x's device, so a fixed seed gives the same numbers on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ldm.models.diffusion.schedule import DiffusionSchedule
+
+Model = Callable[..., torch.Tensor]
+Callback = Callable[[dict[str, Any]], None]
+
+
+def sampling_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """`steps` timesteps, descending, with LDM's "uniform" stride T // steps.
+
+    Anchored at T - 1 so the first step sees the noise level x_T was drawn at (LDM's +1 offset
+    starts at T - stride + 1 and cannot run steps = T).
+    """
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps: expected 1 <= steps <= {num_timesteps}, got {steps}")
+    stride = num_timesteps // steps
+    return [num_timesteps - 1 - i * stride for i in range(steps)]
+
+
+def seeded_randn(
+    shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Standard normal noise drawn on the CPU from `generator` (a CPU generator, or None for the
+    global CPU RNG), then moved to `device`: the same seed gives the same numbers on any device."""
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device, dtype)
+
+
+def _steps(
+    schedule: DiffusionSchedule, steps: int, disable: bool | None
+) -> Iterator[tuple[int, int, float, float]]:
+    """(i, t, a_t, a_prev) along the sampling timesteps; a_prev = 1 after the last one (clean)."""
+    # one host copy up front: the per-step coefficients are then plain float64 scalars
+    alphas = schedule.alphas_cumprod.detach().double().cpu().tolist()
+    timesteps = sampling_timesteps(schedule.num_timesteps, steps)
+    for i, t in enumerate(tqdm(timesteps, disable=disable, leave=False)):
+        a_prev = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0
+        yield i, t, alphas[t], a_prev
+
+
+def _eps_and_x0(
+    model: Model, x: torch.Tensor, t: int, a_t: float, extra_args: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    eps = model(x, t_batch, **extra_args).to(x.dtype)
+    pred_x0 = (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
+    return eps, pred_x0
+
+
+@torch.no_grad()
+def sample_ddim(
+    model: Model,
+    x: torch.Tensor,
+    schedule: DiffusionSchedule,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    steps: int = 50,
+    eta: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DDIM (Song et al. 2021), eta = 0 deterministic, eta = 1 the DDPM posterior variance."""
+    extra_args = extra_args or {}
+    for i, t, a_t, a_prev in _steps(schedule, steps, disable):
+        eps, pred_x0 = _eps_and_x0(model, x, t, a_t, extra_args)
+        sigma = eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
+        x = math.sqrt(a_prev) * pred_x0 + math.sqrt(max(1.0 - a_prev - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x = x + sigma * seeded_randn(x.shape, generator, x.device, x.dtype)
+        if callback is not None:
+            callback({"x": x, "i": i, "t": t, "pred_x0": pred_x0})
+    return x
+
+
+@torch.no_grad()
+def sample_ddpm(
+    model: Model,
+    x: torch.Tensor,
+    schedule: DiffusionSchedule,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    steps: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Ancestral sampling (Ho et al. 2020) from the posterior q(x_prev | x_t, x_0), all T steps or strided."""
+    extra_args = extra_args or {}
+    for i, t, a_t, a_prev in _steps(schedule, steps or schedule.num_timesteps, disable):
+        eps, pred_x0 = _eps_and_x0(model, x, t, a_t, extra_args)
+        # a strided chain is a DDPM whose betas are 1 - a_t / a_prev (Nichol & Dhariwal's respacing)
+        beta = 1.0 - a_t / a_prev
+        mean = (math.sqrt(a_prev) * beta * pred_x0 + math.sqrt(1.0 - beta) * (1.0 - a_prev) * x) / (1.0 - a_t)
+        variance = beta * (1.0 - a_prev) / (1.0 - a_t)
+        x = mean + math.sqrt(variance) * seeded_randn(x.shape, generator, x.device, x.dtype) if variance > 0 else mean
+        if callback is not None:
+            callback({"x": x, "i": i, "t": t, "pred_x0": pred_x0})
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddim": sample_ddim, "ddpm": sample_ddpm}

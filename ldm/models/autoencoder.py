@@ -1,0 +1,209 @@
+"""The first stage: a convolutional encoder and an implicit decoder that renders any output grid.
+
+encode: slice (B, 1, H, W) -> latent (B, embed_dim, H/f, W/f)
+decode: latent -> LatentDecoder features (B, out_ch, H/f, W/f) -> LIIF query -> (B, 1, Ho, Wo) for any Ho x Wo
+Trained on L1 against the HR slice resized to an output size the data pipeline draws per batch
+(Kim & Kim, CVPR 2024, stage 1). The latent diffusion model freezes it and calls encode/decode.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from ldm.checkpoint import load_checkpoint, load_weights, state_dict_of
+from ldm.metrics import psnr, ssim, unit_to_01
+from ldm.models.base import EMAMixin, check_out_size, model_input_size
+from ldm.modules.diffusionmodules.model import Encoder, LatentDecoder
+from ldm.modules.distributions import DiagonalGaussian
+from ldm.modules.implicit.liif import LIIF
+from ldm.modules.losses import gradient_l1
+
+LATENTS = ("deterministic", "kl")
+COND_UPSAMPLE = ("bilinear", "bicubic")
+
+
+def init_from_checkpoint(model: EMAMixin, path: str | os.PathLike[str]) -> None:
+    """Load a trained model's weights (weights_only) and run on their EMA average when it has one.
+
+    A model built without EMA ignores the checkpoint's EMA buffers and takes the trained weights.
+    """
+    state = state_dict_of(load_checkpoint(path))
+    ignore = ("ema.",) if model.ema is None else ()
+    load_weights(model, state, source=str(path), ignore_prefixes=ignore)
+    model.use_ema_weights()
+
+
+def validation_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """val/loss (L1 in model range), val/psnr and val/ssim (full range, ldm.metrics) of a batch."""
+    pred01, target01 = unit_to_01(pred), unit_to_01(target)
+    return {
+        "val/loss": F.l1_loss(pred.float(), target.float()).item(),
+        "val/psnr": psnr(pred01, target01).mean().item(),
+        "val/ssim": ssim(pred01, target01).mean().item(),
+    }
+
+
+class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
+    """First stage with a deterministic or KL latent and a LIIF decoder.
+
+    encoder_config: Encoder params (ch, ch_mult, num_res_blocks, z_channels[, dropout]);
+    decoder_config: LatentDecoder params (ch, ch_mult, num_res_blocks, z_channels, out_ch[, dropout]);
+    liif_config: LIIF params (hidden, feat_unfold). embed_dim: latent channels.
+    latent: "deterministic" (the paper) or "kl" (DiagonalGaussian, kl_weight as in latent diffusion).
+    lr_skip: decode a correction to the bicubic reading of the LR (then decode needs lr).
+    grad_loss_weight: weight of an L1 term on image gradients (0: plain L1, the paper).
+    max_input_scale, cond_upsample: how super_resolve upsamples the LR before encoding.
+    chunk_size: LIIF queries per MLP pass. ckpt_path: trained weights to start from.
+    """
+
+    kind = "first_stage"
+
+    def __init__(
+        self,
+        encoder_config: dict,
+        decoder_config: dict,
+        liif_config: dict | None = None,
+        embed_dim: int = 3,
+        latent: str = "deterministic",
+        kl_weight: float = 1e-6,
+        lr_skip: bool = False,
+        grad_loss_weight: float = 0.0,
+        use_ema: bool = False,
+        ema_decay: float = 0.999,
+        max_input_scale: float = 8.0,
+        chunk_size: int | None = 65536,
+        ckpt_path: str | None = None,
+        monitor: str = "val/psnr",
+        cond_upsample: str = "bicubic",
+    ) -> None:
+        super().__init__()
+        if latent not in LATENTS:
+            raise ValueError(f"latent: expected one of {LATENTS}, got '{latent}'")
+        if cond_upsample not in COND_UPSAMPLE:
+            raise ValueError(f"cond_upsample: expected one of {COND_UPSAMPLE}, got '{cond_upsample}'")
+        self.embed_dim = embed_dim
+        self.latent = latent
+        self.kl_weight = kl_weight
+        self.lr_skip = lr_skip
+        self.grad_loss_weight = grad_loss_weight
+        self.max_input_scale = max_input_scale
+        self.chunk_size = chunk_size
+        self.monitor = monitor
+        self.cond_upsample = cond_upsample
+        self.learning_rate = 1e-4
+        self.encoder = Encoder(**encoder_config, embed_dim=embed_dim, double_z=latent == "kl")
+        self.decoder = LatentDecoder(**decoder_config, embed_dim=embed_dim)
+        self.liif = LIIF(self.decoder.out_ch, out_dim=1, zero_init_output=lr_skip, **(liif_config or {}))
+        self.init_ema(use_ema, ema_decay)
+        if ckpt_path:
+            init_from_checkpoint(self, ckpt_path)
+
+    def ema_target(self) -> torch.nn.Module:
+        return self
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.encoder.downsample_factor
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, 1, H, W) -> z (B, embed_dim, H/f, W/f) and the per-sample KL (B,) of a KL latent."""
+        moments = self.encoder(x)
+        if self.latent == "deterministic":
+            return moments, None
+        posterior = DiagonalGaussian(moments)
+        z = posterior.sample() if self.training else posterior.mode()
+        return z, posterior.kl()
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Slice (B, 1, H, W) -> latent (B, embed_dim, H/f, W/f); a KL latent's mode in eval mode."""
+        return self._encode(x)[0]
+
+    def decode(
+        self,
+        z: torch.Tensor,
+        out_size: tuple[int, int] | None = None,
+        coords: torch.Tensor | None = None,
+        cells: torch.Tensor | None = None,
+        lr: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Latent (B, embed_dim, h, w) -> image (B, 1, *out_size), or values (B, N, 1) at coords/cells (B, N, 2).
+
+        lr (B, 1, h', w') is required with lr_skip and ignored without, so callers may always pass it.
+        Differentiable in z (the alignment stage trains through the frozen decoder).
+        """
+        if self.lr_skip and lr is None:
+            raise ValueError("decode: this first stage has lr_skip (it decodes a correction to the LR); pass lr=")
+        skip = lr if self.lr_skip else None
+        if (out_size is None) == (coords is None) or (coords is None) != (cells is None):
+            raise ValueError("decode: give either out_size, or both coords and cells")
+        feat = self.decoder(z)  # (B, out_ch, h, w)
+        if out_size is not None:
+            return self.liif.render(feat, out_size, lr=skip, chunk_size=self.chunk_size)
+        return self.liif(feat, coords, cells, lr=skip, chunk_size=self.chunk_size)
+
+    @torch.no_grad()
+    def super_resolve(
+        self, lr: torch.Tensor, out_size: tuple[int, int], n_samples: int = 1, **ignored: object
+    ) -> torch.Tensor:
+        """LR (B, 1, h, w) -> SR (B, 1, *out_size): upsample, encode, decode at the output size.
+
+        Deterministic: always one sample (n_samples is accepted for the common interface).
+        """
+        out_size = check_out_size(lr, out_size)
+        size = model_input_size(tuple(lr.shape[-2:]), out_size, self.max_input_scale, self.downsample_factor)
+        x = F.interpolate(lr, size=size, mode=self.cond_upsample, align_corners=False)
+        return self.decode(self.encode(x), out_size, lr=lr)
+
+    def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        gt = batch["gt"]
+        z, kl = self._encode(batch["hr"])
+        pred = self.decode(z, tuple(gt.shape[-2:]), lr=batch["lr"])
+        l1 = F.l1_loss(pred.float(), gt.float())
+        losses = {"loss": l1, "l1": l1}
+        if self.grad_loss_weight > 0:
+            losses["grad"] = gradient_l1(pred.float(), gt.float())
+            losses["loss"] = losses["loss"] + self.grad_loss_weight * losses["grad"]
+        if kl is not None:
+            losses["kl"] = kl.mean()
+            # per-pixel, like the mean L1: latent diffusion's weights balance sums over an image
+            losses["loss"] = losses["loss"] + self.kl_weight * losses["kl"] / gt[0].numel()
+        return losses
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self._losses(batch)
+        b = batch["gt"].shape[0]
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=b)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=b)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        hr, lr, gt = batch["hr"], batch["lr"], batch["gt"]
+        with self.ema_scope():
+            pred = self.decode(self.encode(hr), tuple(gt.shape[-2:]), lr=lr)
+            sr = self.super_resolve(lr, tuple(hr.shape[-2:]))
+        metrics = validation_metrics(pred, gt)
+        metrics["val/sr_psnr"] = psnr(unit_to_01(sr), unit_to_01(hr)).mean().item()
+        self.log_dict(metrics, batch_size=hr.shape[0], sync_dist=True)
+
+    @torch.no_grad()
+    def log_images(self, batch: dict, max_images: int | None = None) -> dict[str, torch.Tensor]:
+        """(B, 1, h, w) images in [-1, 1], in display order: the LR, the first stage's own SR of it,
+        the reconstruction at HR size and at twice that, and the HR."""
+        hr, lr = batch["hr"][:max_images], batch["lr"][:max_images]
+        size = tuple(hr.shape[-2:])
+        with self.ema_scope():
+            z = self.encode(hr)
+            return {
+                "lr": lr,
+                "sr": self.super_resolve(lr, size),
+                "recon": self.decode(z, size, lr=lr),
+                "recon_x2": self.decode(z, (2 * size[0], 2 * size[1]), lr=lr),
+                "hr": hr,
+            }
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.learning_rate)

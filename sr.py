@@ -1,0 +1,130 @@
+"""Super-resolve your own CT slices with a trained run, at any scale.
+
+    python sr.py --exp logs/<run> --input scan.png --scale 4 --out sr/
+    python sr.py --exp logs/<ldm> --input series/ --scale 2.5 --steps 50 --n_samples 8 --out sr/
+    python sr.py --exp logs/<run> --input case7.nii.gz --out_size 512 512 --out sr/
+
+The input slice IS the LR: the SR is round(h*S) x round(w*S) (or --out_size H W). Inputs: PNG
+(16-bit HU+1024 or 8-bit), DICOM (HU via RescaleSlope/Intercept), NIfTI/Analyze/NRRD volumes
+(slice by slice, written as <name>_slice_<NNN>.png like ldm.data.convert), or a folder of them
+(sub-folders are mirrored under --out). Outputs keep the input's name: 16-bit HU+1024 PNGs, or
+8-bit when the input was 8-bit; existing files of the same name in --out are replaced.
+With --n_samples K > 1 (LDM runs) the SR is the mean of K samples and <name>_std.png holds the
+per-pixel standard deviation: 16-bit with pixel value = std in HU (8-bit levels for 8-bit input).
+A file that cannot be read is reported and skipped; the exit code is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ldm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
+from ldm.evaluation.images import write_sr, write_std
+from ldm.evaluation.protocol import image_seed
+from ldm.experiment import Experiment, ExperimentError, load_experiment
+from ldm.inference import find_inputs, output_size, read_input, super_resolve_slice
+from ldm.util import ConfigError
+
+SETUP_ERRORS = (ExperimentError, ConfigError, CheckpointMismatchError, UnsafeCheckpointError, ValueError,
+                RuntimeError, FileNotFoundError)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp", required=True, help="log dir of a trained run (first stage, LIIF or LDM)")
+    p.add_argument("--ckpt", default=None, help="checkpoint in the run (default: checkpoints/last.ckpt)")
+    p.add_argument("--input", required=True, help="PNG, DICOM, NIfTI/Analyze/NRRD volume, or a folder of them")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--scale", type=float, default=None, help="scale S > 1: SR = round(h*S) x round(w*S)")
+    p.add_argument("--out_size", type=int, nargs=2, default=None, metavar=("H", "W"), help="SR size instead")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (LDM; default: the model's)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta (LDM; default: the model's)")
+    p.add_argument("--n_samples", type=int, default=1, help="K LDM samples: SR = their mean, plus a std map")
+    p.add_argument("--seed", type=int, default=23, help="each slice derives its own seed from it and its name")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no_ema", action="store_true", help="use the trained weights, not their EMA")
+    p.add_argument("--trust_checkpoint", action="store_true",
+                   help="allow checkpoints that need arbitrary unpickling (only from a trusted source)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.scale is None and args.out_size is None:
+        raise ValueError("give --scale S or --out_size H W")
+    if args.scale is not None and args.out_size is not None:
+        raise ValueError("give --scale or --out_size, not both")
+    if args.scale is not None and not args.scale > 1:
+        raise ValueError(f"--scale: must be > 1 (super-resolution), got {args.scale:g}")
+    if args.out_size is not None and min(args.out_size) < 1:
+        raise ValueError(f"--out_size: must be positive, got {args.out_size}")
+    for name in ("n_samples", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name}: must be >= 1, got {value}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device: CUDA is not available here (use --device cpu)")
+
+
+def sampling_of(args: argparse.Namespace, exp: Experiment) -> dict[str, object]:
+    """super_resolve keywords: sampling options for an LDM; deterministic models take none."""
+    if exp.kind != "ldm":
+        return {}
+    sampling: dict[str, object] = {k: getattr(args, k) for k in ("steps", "eta") if getattr(args, k) is not None}
+    sampling["n_samples"] = args.n_samples
+    return sampling
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    try:
+        check_args(args)
+        inputs = find_inputs(args.input)
+        exp = load_experiment(args.exp, args.ckpt, use_ema=not args.no_ema,
+                              trust_checkpoint=args.trust_checkpoint, device=args.device)
+    except SETUP_ERRORS as err:
+        print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    sampling = sampling_of(args, exp)
+    if args.n_samples > 1 and exp.kind != "ldm":
+        print(f"note: {exp.kind} runs are deterministic; --n_samples ignored")
+    print(f"kind: {exp.kind} ({exp.logdir}), {len(inputs)} input file(s) -> {out}")
+
+    written, failed, claimed = 0, [], {}
+    for path, stem in tqdm(inputs, unit="file", desc="sr", disable=args.no_progress):
+        try:
+            for item in read_input(path, stem):
+                target = out / f"{item.name}.png"
+                if target.exists() and target.resolve() == path.resolve():
+                    raise ValueError(f"{path}: its output would overwrite the input (choose another --out)")
+                if target in claimed:
+                    raise ValueError(f"{path}: output {target.name} is also the output of {claimed[target]}")
+                claimed[target] = path
+                size = output_size(item.values.shape, args.scale, args.out_size)
+                seeded = {**sampling, "seed": image_seed(args.seed, item.name)} if exp.kind == "ldm" else sampling
+                sr, std = super_resolve_slice(exp.model, item, exp.hu_window, size, seeded, args.device)
+                write_sr(target, sr, item.kind, exp.hu_window)
+                if std is not None:
+                    write_std(out / f"{item.name}_std.png", std, item.kind, exp.hu_window)
+                written += 1
+        except ValueError as err:  # SliceReadError, VolumeError and the checks above: report, go on
+            failed.append(str(err).splitlines()[0])
+
+    print(f"wrote {written} slice(s) to {out}")
+    if failed:
+        print(f"failed ({len(failed)}):", file=sys.stderr)
+        for line in failed:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""sr.py: one's own PNG / DICOM / volume slices as LR, at any scale; bad files reported, the rest written."""
+
+import numpy as np
+import pytest
+from logdir_helpers import data_config, fake_model_config, load_script, make_logdir, phantom_hu
+from PIL import Image
+
+from ldm.data.intensity import read_slice, write_png8, write_png16_hu
+
+sr = load_script("sr")
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_logdir(tmp_path / "logs", fake_model_config(), data_config(tmp_path / "CT"), name="fake")
+
+
+@pytest.fixture
+def ldm_dir(tmp_path):
+    return make_logdir(tmp_path / "logs", fake_model_config("ldm"), data_config(tmp_path / "CT"), name="sampler")
+
+
+def run(capsys, *argv):
+    rc = sr.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_16_bit_png_keeps_hu_and_its_name(capsys, run_dir, tmp_path):
+    write_png16_hu(tmp_path / "in" / "scan.png", phantom_hu(20))
+    rc, out, _ = run(capsys, "--exp", run_dir, "--input", tmp_path / "in" / "scan.png", "--scale", 2.5,
+                     "--out", tmp_path / "out")
+    assert rc == 0 and "wrote 1 slice" in out
+    values, kind = read_slice(tmp_path / "out" / "scan.png")
+    assert kind == "hu" and values.shape == (50, 50)
+    assert values.min() == pytest.approx(-1000, abs=30) and values.max() > 500  # air and bone survive
+
+
+def test_8_bit_png_gives_8_bit_output_at_an_explicit_size(capsys, run_dir, tmp_path):
+    write_png8(tmp_path / "view.png", np.tile(np.linspace(0, 255, 16), (12, 1)))
+    rc, _, _ = run(capsys, "--exp", run_dir, "--input", tmp_path / "view.png", "--out_size", 30, 40,
+                   "--out", tmp_path / "out")
+    assert rc == 0
+    with Image.open(tmp_path / "out" / "view.png") as im:
+        assert im.mode == "L" and im.size == (40, 30)
+
+
+def test_a_folder_with_a_corrupt_png_writes_the_rest_and_exits_1(capsys, run_dir, tmp_path):
+    folder = tmp_path / "in"
+    write_png16_hu(folder / "a.png", phantom_hu(16, seed=1))
+    write_png16_hu(folder / "sub" / "b.png", phantom_hu(16, seed=2))
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "notes.txt").write_text("not an image")
+    rc, out, err = run(capsys, "--exp", run_dir, "--input", folder, "--scale", 2, "--out", tmp_path / "out")
+    assert rc == 1
+    assert (tmp_path / "out" / "a.png").is_file() and (tmp_path / "out" / "sub" / "b.png").is_file()
+    assert not (tmp_path / "out" / "broken.png").exists() and not (tmp_path / "out" / "notes.png").exists()
+    assert "wrote 2 slice(s)" in out
+    assert "failed (1)" in err and "broken.png" in err and "Traceback" not in err
+
+
+def test_samples_give_a_mean_and_a_std_map_reproducibly(capsys, ldm_dir, tmp_path):
+    write_png16_hu(tmp_path / "s.png", phantom_hu(16))
+    for out in ("a", "b"):
+        rc, _, _ = run(capsys, "--exp", ldm_dir, "--input", tmp_path / "s.png", "--scale", 2, "--n_samples", 4,
+                       "--steps", 2, "--out", tmp_path / out)
+        assert rc == 0
+    with Image.open(tmp_path / "a" / "s_std.png") as im:
+        std = np.array(im)
+    assert std.dtype == np.uint16 and std.shape == (32, 32) and 10 < std.mean() < 60  # std in HU
+    assert (tmp_path / "a" / "s.png").read_bytes() == (tmp_path / "b" / "s.png").read_bytes()
+
+
+def test_a_volume_is_written_slice_by_slice_like_the_converter(capsys, run_dir, fixtures_dir, tmp_path):
+    rc, _, err = run(capsys, "--exp", run_dir, "--input", fixtures_dir / "volumes" / "lung1_64x64x3.nrrd",
+                     "--scale", 1.5, "--out", tmp_path / "out")
+    assert rc == 0, err
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == [f"lung1_64x64x3_slice_00{i}.png" for i in (1, 2, 3)]
+    assert read_slice(tmp_path / "out" / names[0])[0].shape == (96, 96)
+
+
+def test_nifti_volume(capsys, run_dir, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    volume = np.stack([phantom_hu(16, seed=i) for i in range(2)], axis=-1).astype(np.int16)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "case7.nii.gz")
+    rc, _, err = run(capsys, "--exp", run_dir, "--input", tmp_path / "case7.nii.gz", "--scale", 2,
+                     "--out", tmp_path / "out")
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case7_slice_001.png", "case7_slice_002.png"]
+
+
+def write_dicom(path, hu=None):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, meta.MediaStorageSOPInstanceUID, "CT"
+    if hu is not None:
+        stored = np.rint(hu + 1024).astype(np.uint16)  # stored values, HU = 1 * stored - 1024
+        ds.Rows, ds.Columns = stored.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = stored.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    assert pydicom.dcmread(path).Modality == "CT"
+
+
+def test_dicom_slice_in_hu(capsys, run_dir, tmp_path):
+    hu = phantom_hu(16)
+    write_dicom(tmp_path / "IM0001.dcm", hu)
+    rc, _, err = run(capsys, "--exp", run_dir, "--input", tmp_path / "IM0001.dcm", "--scale", 2,
+                     "--out", tmp_path / "out")
+    assert rc == 0, err
+    values, kind = read_slice(tmp_path / "out" / "IM0001.png")
+    assert kind == "hu" and values.shape == (32, 32)
+    assert values.mean() == pytest.approx(hu.mean(), abs=15)  # intercept applied: HU, not stored values
+
+
+def test_dicom_without_pixel_data_is_a_clear_error(capsys, run_dir, tmp_path):
+    write_dicom(tmp_path / "report.dcm")
+    rc, out, err = run(capsys, "--exp", run_dir, "--input", tmp_path / "report.dcm", "--scale", 2,
+                       "--out", tmp_path / "out")
+    assert rc == 1 and "wrote 0 slice" in out
+    assert "report.dcm: DICOM file has no pixel data" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give --scale S or --out_size H W"),
+    (["--scale", 1], "--scale: must be > 1"),
+    (["--scale", 2, "--out_size", 8, 8], "not both"),
+    (["--scale", 2, "--n_samples", 0], "--n_samples"),
+])
+def test_bad_arguments_are_one_line(capsys, run_dir, tmp_path, argv, message):
+    write_png16_hu(tmp_path / "s.png", phantom_hu(16))
+    rc, _, err = run(capsys, "--exp", run_dir, "--input", tmp_path / "s.png", "--out", tmp_path / "out", *argv)
+    assert rc == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_input_or_run(capsys, run_dir, tmp_path):
+    rc, _, err = run(capsys, "--exp", run_dir, "--input", tmp_path / "nope", "--scale", 2, "--out", tmp_path / "o")
+    assert rc == 2 and "nope: no such file or folder" in err
+    write_png16_hu(tmp_path / "s.png", phantom_hu(16))
+    rc, _, err = run(capsys, "--exp", tmp_path / "norun", "--input", tmp_path / "s.png", "--scale", 2,
+                     "--out", tmp_path / "o")
+    assert rc == 2 and "log dir not found" in err and not (tmp_path / "o").exists()

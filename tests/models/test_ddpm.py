@@ -1,0 +1,285 @@
+import copy
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from ldm.checkpoint import CheckpointMismatchError, load_checkpoint
+from ldm.data.batches import SRBatches
+from ldm.models.autoencoder import ImplicitAutoencoder
+from ldm.models.diffusion.ddpm import FIRST_STAGE_CKPT_KEY, alignment_loss, alignment_weights
+from ldm.util import ConfigError, instantiate_from_config
+
+CONFIGS = Path(__file__).parents[2] / "configs" / "latent-diffusion"
+
+
+def model_node(name="ct-tiny.yaml"):
+    return OmegaConf.to_container(OmegaConf.load(CONFIGS / name).model, resolve=True)
+
+
+def first_stage_params(node):
+    params = dict(node["params"]["first_stage_config"]["params"])
+    params.pop("ckpt_path")
+    return params
+
+
+@pytest.mark.parametrize(
+    "ldm_config,first_stage_config",
+    [
+        ("ct-tiny.yaml", "ct-tiny.yaml"),
+        ("ct-tiny-align.yaml", "ct-tiny.yaml"),
+        ("ct256-f4.yaml", "ct256-f4.yaml"),
+        ("ct256-f4-align.yaml", "ct256-f4.yaml"),
+    ],
+)
+def test_ldm_configs_carry_their_first_stage_params_verbatim(ldm_config, first_stage_config):
+    """The CT port's stage-2 config disagreed with its stage 1 and could not load it."""
+    stage1 = OmegaConf.load(CONFIGS.parent / "first-stage" / first_stage_config).model
+    node = model_node(ldm_config)
+    assert node["params"]["first_stage_config"]["target"] == stage1.target
+    assert first_stage_params(node) == OmegaConf.to_container(stage1.params, resolve=True)
+
+
+@pytest.fixture(scope="module")
+def first_stage_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    ae = ImplicitAutoencoder(**first_stage_params(model_node()))
+    with torch.no_grad():  # so that an lr_skip variant's decoder (zero-initialised output) sees the latent
+        ae.liif.layers[-1].weight.normal_(0.0, 0.1)
+    path = tmp_path_factory.mktemp("stage1") / "first_stage.ckpt"
+    torch.save({"state_dict": ae.state_dict()}, path)
+    return str(path)
+
+
+def build(first_stage_ckpt, name="ct-tiny.yaml", first_stage=None, **params):
+    node = model_node(name)
+    node["params"]["first_stage_config"]["params"]["ckpt_path"] = first_stage_ckpt
+    node["params"]["first_stage_config"]["params"].update(first_stage or {})
+    node["params"].update(params)
+    torch.manual_seed(0)
+    return instantiate_from_config(node, key="model")
+
+
+def make_batch(n=2, size=64, scale=4.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # smooth images, so the LR carries most of the HR
+    images = F.interpolate(torch.rand(n, 1, size // 8, size // 8, generator=g) * 2 - 1, size=size, mode="bicubic")
+    items = [{"image": img.clamp(-1, 1), "path": f"slice_{i}.png"} for i, img in enumerate(images)]
+    return SRBatches(fixed_scale=scale)(items)
+
+
+@pytest.fixture(scope="module")
+def model(first_stage_ckpt):
+    return build(first_stage_ckpt)
+
+
+def test_super_resolve_any_size_and_n_samples(model):
+    lr = make_batch()["lr"]
+    assert lr.shape == (2, 1, 16, 16)
+    sr = model.super_resolve(lr, (45, 37), steps=3, n_samples=3, seed=0)
+    assert sr.shape == (2, 3, 45, 37) and torch.isfinite(sr).all()
+    assert not torch.allclose(sr[:, 0], sr[:, 1])  # independent samples
+    assert torch.equal(sr, model.super_resolve(lr, (45, 37), steps=3, n_samples=3, seed=0))
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(sr, model.super_resolve(lr, (45, 37), steps=3, n_samples=3, generator=g))
+    odd = model.super_resolve(lr[:1, :, :13, :11], (30, 50), steps=2, sampler="ddpm", seed=1)
+    assert odd.shape == (1, 1, 30, 50)
+
+
+def test_super_resolve_rejects_bad_arguments(model):
+    with pytest.raises(ValueError, match="sampler"):
+        model.super_resolve(torch.zeros(1, 1, 8, 8), (16, 16), sampler="euler")
+    with pytest.raises(ValueError, match="out_size"):
+        model.super_resolve(torch.zeros(1, 1, 8, 8), (0, 16))
+
+
+def test_latent_scale_set_on_the_first_batch_and_kept_through_a_state_dict(first_stage_ckpt):
+    model = build(first_stage_ckpt)
+    assert not model.latent_scale_set
+    batch = make_batch(seed=1)
+    model.on_train_batch_start(batch, 0)
+    z = model.first_stage.encode(batch["hr"])
+    assert model.latent_scale_set
+    assert model.latent_scale.item() == pytest.approx(1.0 / z.std().item(), rel=1e-5)
+    stored = model.latent_scale.item()
+
+    fresh = build(first_stage_ckpt)
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.latent_scale.item() == stored
+    fresh.on_train_batch_start(make_batch(seed=2, scale=8.0), 0)  # a resumed run's first batch
+    assert fresh.latent_scale.item() == stored
+
+
+def test_stage2_checkpoint_initialises_the_alignment_model(first_stage_ckpt, tmp_path):
+    stage2 = build(first_stage_ckpt)
+    stage2.on_train_batch_start(make_batch(), 0)
+    with torch.no_grad():
+        for p in stage2.unet.parameters():
+            p.add_(0.01)
+    stage2.on_train_batch_end()  # the EMA moves part of the way
+    path = tmp_path / "stage2.ckpt"
+    torch.save({"state_dict": stage2.state_dict()}, path)
+
+    node = model_node("ct-tiny-align.yaml")
+    assert node["params"]["alignment"] is True
+    node["params"]["ckpt_path"] = str(path)
+    aligned = instantiate_from_config(node, key="model")  # first-stage ckpt_path left null
+    assert aligned.alignment
+    assert aligned.latent_scale.item() == stage2.latent_scale.item() and aligned.latent_scale_set
+    assert aligned.first_stage_loaded
+    with stage2.ema_scope():
+        for a, b in zip(aligned.unet.parameters(), stage2.unet.parameters(), strict=True):
+            torch.testing.assert_close(a, b)
+    aligned.on_train_start()  # the first stage came with the checkpoint: no error
+
+
+def test_first_stage_mismatch_names_the_keys(tmp_path):
+    node = model_node()
+    params = first_stage_params(node)
+    params["encoder_config"] = {**params["encoder_config"], "ch": 2 * params["encoder_config"]["ch"]}
+    path = tmp_path / "wider.ckpt"
+    torch.save({"state_dict": ImplicitAutoencoder(**params).state_dict()}, path)
+    with pytest.raises(CheckpointMismatchError) as err:
+        build(str(path))
+    message = str(err.value)
+    assert FIRST_STAGE_CKPT_KEY in message and "shape mismatch" in message and "encoder." in message
+
+
+def test_training_without_a_first_stage_checkpoint_fails_clearly(tmp_path):
+    model = build(None)
+    with pytest.raises(ConfigError, match=FIRST_STAGE_CKPT_KEY.replace(".", r"\.")):
+        model.on_train_start()
+    with pytest.raises(FileNotFoundError, match=FIRST_STAGE_CKPT_KEY.replace(".", r"\.")):
+        build(str(tmp_path / "missing.ckpt"))
+
+
+def test_alignment_without_a_stage2_checkpoint_fails_clearly(first_stage_ckpt):
+    model = build(first_stage_ckpt, name="ct-tiny-align.yaml")
+    with pytest.raises(ConfigError, match=r"model\.params\.ckpt_path"):
+        model.on_train_start()
+
+
+def test_an_lr_skip_first_stage_gets_the_lr_when_decoding(tmp_path):
+    params = {**first_stage_params(model_node()), "lr_skip": True}
+    torch.manual_seed(0)
+    path = tmp_path / "skip.ckpt"
+    torch.save({"state_dict": ImplicitAutoencoder(**params).state_dict()}, path)
+    model = build(str(path), first_stage={"lr_skip": True}, alignment=True)
+    batch = make_batch()
+    # an untrained lr_skip decoder returns the bicubic reading of the LR: finite, at the asked size
+    assert model.super_resolve(batch["lr"], (40, 24), steps=2, seed=0).shape == (2, 1, 40, 24)
+    loss = model.loss(batch, torch.tensor([5, 800]), torch.randn(model._latent_shape(batch["hr"])))
+    assert torch.isfinite(loss)
+
+
+def test_unet_channels_must_fit_the_latent(first_stage_ckpt):
+    node = model_node()
+    node["params"]["unet_config"]["params"]["in_channels"] = 4
+    node["params"]["first_stage_config"]["params"]["ckpt_path"] = first_stage_ckpt
+    with pytest.raises(ValueError, match="in_channels"):
+        instantiate_from_config(node)
+
+
+def test_alignment_weights_are_per_sample():
+    g = torch.Generator().manual_seed(0)
+    alphas = torch.tensor([0.9, 0.5, 0.1])
+    x0_hat, z0 = torch.randn(3, 3, 4, 4, generator=g), torch.randn(3, 3, 4, 4, generator=g)
+    sr, hr = torch.randn(3, 1, 16, 16, generator=g), torch.randn(3, 1, 16, 16, generator=g)
+    weights = alignment_weights(alphas, max_weight=None)
+    torch.testing.assert_close(weights, torch.tensor([9.0, 1.0, 1.0 / 9.0]))
+
+    by_hand = 0.0
+    for i, a in enumerate(alphas.tolist()):
+        w = a / (1 - a)
+        by_hand += w * (((x0_hat[i] - z0[i]) ** 2).mean() + ((sr[i] - hr[i]) ** 2).mean())
+    loss = alignment_loss(x0_hat, z0, sr, hr, weights)
+    torch.testing.assert_close(loss, by_hand / 3)
+
+    # the reference code's (B, 1, 1, 1) x (B,) broadcast averages the weights over the batch
+    per_sample = ((x0_hat - z0) ** 2).mean(dim=(1, 2, 3)) + ((sr - hr) ** 2).mean(dim=(1, 2, 3))
+    assert not torch.allclose(loss, (weights[:, None, None, None] * per_sample).mean())
+
+
+def test_alignment_weights_are_clamped():
+    weights = alignment_weights(torch.tensor([0.9985, 0.5]), max_weight=5.0)
+    torch.testing.assert_close(weights, torch.tensor([5.0, 1.0]))
+
+
+def test_alignment_loss_trains_the_unet_through_the_frozen_decoder(first_stage_ckpt):
+    model = build(first_stage_ckpt, alignment=True)
+    batch = make_batch()
+    loss = model.loss(batch, torch.tensor([5, 800]), torch.randn(2, *model._latent_shape(batch["hr"])[1:]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.unet.parameters())
+    assert all(p.grad is None for p in model.first_stage.parameters())
+
+
+def test_only_the_unet_is_optimised_and_the_first_stage_stays_frozen(model):
+    optimizer = model.configure_optimizers()
+    optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in model.unet.parameters()}
+    model.train()
+    assert model.unet.training and not model.first_stage.training
+    assert not any(p.requires_grad for p in model.first_stage.parameters())
+    assert model.ema is not None and len(model.ema.names) == len(list(model.unet.parameters()))
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "v"])
+def test_a_few_steps_on_a_fixed_batch_reduce_the_loss(first_stage_ckpt, parameterization):
+    model = build(first_stage_ckpt, parameterization=parameterization)
+    batch = make_batch()
+    model.on_train_batch_start(batch, 0)
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 1000, (2,), generator=g)
+    noise = torch.randn(model._latent_shape(batch["hr"]), generator=g)
+    model.learning_rate = 2e-3
+    optimizer = model.configure_optimizers()
+    losses = []
+    for _ in range(15):
+        loss = model.loss(batch, t, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert model.super_resolve(batch["lr"], (20, 20), steps=2, seed=0).shape == (2, 1, 20, 20)
+
+
+def test_input_size_must_fit_the_model(model):
+    batch = make_batch(size=60, scale=3.0)
+    with pytest.raises(ValueError, match="multiple"):
+        model.loss(batch, torch.tensor([1, 2]), torch.zeros(2, 3, 15, 15))
+
+
+def test_lightning_fit_logs_and_writes_a_weights_only_checkpoint(first_stage_ckpt, tmp_path):
+    model = build(first_stage_ckpt)
+    batches = [make_batch(seed=i) for i in range(2)]
+    loader = DataLoader(batches, batch_size=None)
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(model, loader, loader)
+    assert {"train/loss", "val/loss", "val/psnr"} <= set(trainer.callback_metrics)
+    assert model.latent_scale_set and int(model.ema.num_updates) == 2
+    assert not model.first_stage.training
+
+    path = tmp_path / "ldm.ckpt"
+    trainer.save_checkpoint(path)
+    state = load_checkpoint(path)["state_dict"]
+    assert "latent_scale" in state and not any(k.startswith("first_stage.ema.") for k in state)
+    fresh = build(None)
+    fresh.load_state_dict(copy.deepcopy(state))
+    assert fresh.latent_scale.item() == model.latent_scale.item() and fresh.first_stage_loaded
+
+
+def test_log_images_in_display_order(model):
+    images = model.log_images(make_batch(n=3), max_images=2)
+    assert list(images) == ["lr", "sample", "sample_x2", "hr"]
+    assert images["sample"].shape == (2, 1, 64, 64) and images["sample_x2"].shape == (2, 1, 128, 128)

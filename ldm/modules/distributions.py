@@ -9,7 +9,8 @@ class DiagonalGaussian:
     """N(mean, exp(logvar)) per latent element, from (B, 2C, h, w) encoder moments."""
 
     def __init__(self, moments: torch.Tensor) -> None:
-        self.mean, logvar = moments.chunk(2, dim=1)  # (B, C, h, w) each
+        # float32 even under bf16 autocast: the KL sums thousands of terms
+        self.mean, logvar = moments.float().chunk(2, dim=1)  # (B, C, h, w) each
         # the clamp keeps exp() finite in early training, as in latent diffusion
         self.logvar = logvar.clamp(-30.0, 20.0)
         self.std = torch.exp(0.5 * self.logvar)

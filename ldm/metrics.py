@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
 PSNR_CAP = 100.0
@@ -67,3 +68,13 @@ def lr_consistency(lr: torch.Tensor, sr_degraded: torch.Tensor) -> torch.Tensor:
     An SR that contradicts its own input (invented or removed structure) scores low.
     """
     return psnr(sr_degraded, lr)
+
+
+def validation_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """val/loss (L1 in model range), val/psnr and val/ssim (full range) of a batch in [-1, 1]."""
+    pred01, target01 = unit_to_01(pred), unit_to_01(target)
+    return {
+        "val/loss": F.l1_loss(pred.float(), target.float()).item(),
+        "val/psnr": psnr(pred01, target01).mean().item(),
+        "val/ssim": ssim(pred01, target01).mean().item(),
+    }

@@ -15,7 +15,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ldm.modules.resample import upsample
+
 DEGRADATIONS = ("bicubic", "ct")
+__all__ = ["DEGRADATIONS", "as_size", "degrade", "gaussian_blur", "resize", "upsample"]
 Size = tuple[int, int]
 
 
@@ -32,16 +35,6 @@ def resize(x: torch.Tensor, size: int | Size, antialias: bool = True) -> torch.T
     if tuple(x.shape[-2:]) == size:
         return x
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=antialias)
-
-
-def upsample(lr: torch.Tensor, size: int | Size, mode: str = "bicubic") -> torch.Tensor:
-    """LR -> model input size, the way the conditioning and the baselines read the LR."""
-    size = as_size(size)
-    if mode == "nearest":
-        return F.interpolate(lr, size=size, mode="nearest-exact")
-    if mode in ("bilinear", "bicubic"):
-        return F.interpolate(lr, size=size, mode=mode, align_corners=False)
-    raise ValueError(f"upsample mode: expected nearest, bilinear or bicubic, got '{mode}'")
 
 
 def _gaussian_kernel1d(sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -8,43 +8,19 @@ Trained on L1 against the HR slice resized to an output size the data pipeline d
 
 from __future__ import annotations
 
-import os
-
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from ldm.checkpoint import load_checkpoint, load_weights, state_dict_of
-from ldm.metrics import psnr, ssim, unit_to_01
-from ldm.models.base import EMAMixin, check_out_size, model_input_size
+from ldm.metrics import psnr, unit_to_01, validation_metrics
+from ldm.models.base import EMAMixin, check_out_size, init_from_checkpoint, model_input_size
 from ldm.modules.diffusionmodules.model import Encoder, LatentDecoder
 from ldm.modules.distributions import DiagonalGaussian
 from ldm.modules.implicit.liif import LIIF
 from ldm.modules.losses import gradient_l1
+from ldm.modules.resample import check_upsample_mode, upsample
 
 LATENTS = ("deterministic", "kl")
-COND_UPSAMPLE = ("bilinear", "bicubic")
-
-
-def init_from_checkpoint(model: EMAMixin, path: str | os.PathLike[str]) -> None:
-    """Load a trained model's weights (weights_only) and run on their EMA average when it has one.
-
-    A model built without EMA ignores the checkpoint's EMA buffers and takes the trained weights.
-    """
-    state = state_dict_of(load_checkpoint(path))
-    ignore = ("ema.",) if model.ema is None else ()
-    load_weights(model, state, source=str(path), ignore_prefixes=ignore)
-    model.use_ema_weights()
-
-
-def validation_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """val/loss (L1 in model range), val/psnr and val/ssim (full range, ldm.metrics) of a batch."""
-    pred01, target01 = unit_to_01(pred), unit_to_01(target)
-    return {
-        "val/loss": F.l1_loss(pred.float(), target.float()).item(),
-        "val/psnr": psnr(pred01, target01).mean().item(),
-        "val/ssim": ssim(pred01, target01).mean().item(),
-    }
 
 
 class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
@@ -83,8 +59,7 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         super().__init__()
         if latent not in LATENTS:
             raise ValueError(f"latent: expected one of {LATENTS}, got '{latent}'")
-        if cond_upsample not in COND_UPSAMPLE:
-            raise ValueError(f"cond_upsample: expected one of {COND_UPSAMPLE}, got '{cond_upsample}'")
+        check_upsample_mode(cond_upsample, "cond_upsample")
         self.embed_dim = embed_dim
         self.latent = latent
         self.kl_weight = kl_weight
@@ -155,7 +130,7 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         """
         out_size = check_out_size(lr, out_size)
         size = model_input_size(tuple(lr.shape[-2:]), out_size, self.max_input_scale, self.downsample_factor)
-        x = F.interpolate(lr, size=size, mode=self.cond_upsample, align_corners=False)
+        x = upsample(lr, size, self.cond_upsample)
         return self.decode(self.encode(x), out_size, lr=lr)
 
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:

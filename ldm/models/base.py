@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator
 from typing import Protocol
 
 import torch
 from torch import nn
 
+from ldm.checkpoint import load_checkpoint, load_weights, state_dict_of
 from ldm.modules.ema import EMA
 
 
@@ -84,3 +86,14 @@ class EMAMixin:
     def on_train_batch_end(self, *args: object, **kwargs: object) -> None:
         if self.ema is not None:
             self.ema.update(self.ema_target())
+
+
+def init_from_checkpoint(model: EMAMixin, path: str | os.PathLike[str]) -> None:
+    """Load a trained model's weights (weights_only) and run on their EMA average when it has one.
+
+    A model built without EMA ignores the checkpoint's EMA buffers and takes the trained weights.
+    """
+    state = state_dict_of(load_checkpoint(path))
+    ignore = ("ema.",) if model.ema is None else ()
+    load_weights(model, state, source=str(path), ignore_prefixes=ignore)
+    model.use_ema_weights()

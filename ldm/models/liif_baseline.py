@@ -11,8 +11,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from ldm.models.autoencoder import init_from_checkpoint, validation_metrics
-from ldm.models.base import EMAMixin, check_out_size
+from ldm.metrics import validation_metrics
+from ldm.models.base import EMAMixin, check_out_size, init_from_checkpoint
 from ldm.modules.edsr import EDSR
 from ldm.modules.implicit.coords import sample_queries
 from ldm.modules.implicit.liif import LIIF

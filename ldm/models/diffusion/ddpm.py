@@ -20,15 +20,13 @@ from torch import nn
 
 from ldm import metrics
 from ldm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
-from ldm.models.autoencoder import init_from_checkpoint
-from ldm.models.base import EMAMixin, check_out_size, model_input_size
+from ldm.models.base import EMAMixin, check_out_size, init_from_checkpoint, model_input_size
 from ldm.models.diffusion.samplers import SAMPLERS, seeded_randn
 from ldm.models.diffusion.schedule import DiffusionSchedule
+from ldm.modules.resample import check_upsample_mode, upsample
 from ldm.util import ConfigError, instantiate_from_config
 
 FIRST_STAGE_CKPT_KEY = "model.params.first_stage_config.params.ckpt_path"
-# interpolate modes per cond_upsample name ("nearest-exact" is the pixel-centre-correct nearest)
-_UPSAMPLE_MODES = {"nearest": "nearest-exact", "bilinear": "bilinear", "bicubic": "bicubic"}
 
 
 @contextlib.contextmanager
@@ -112,8 +110,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         super().__init__()
         if parameterization not in ("eps", "v"):
             raise ValueError(f"parameterization: expected 'eps' or 'v', got '{parameterization}'")
-        if cond_upsample not in _UPSAMPLE_MODES:
-            raise ValueError(f"cond_upsample: expected one of {sorted(_UPSAMPLE_MODES)}, got '{cond_upsample}'")
+        check_upsample_mode(cond_upsample, "cond_upsample")
         self.parameterization = parameterization
         self.scale_by_std = scale_by_std
         self.cond_upsample = cond_upsample
@@ -186,9 +183,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
 
     def condition(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """LR (B, 1, h, w) -> the latent of the LR upsampled to `size`, (B, C, H / f, W / f)."""
-        mode = _UPSAMPLE_MODES[self.cond_upsample]
-        align = {} if mode == "nearest-exact" else {"align_corners": False}
-        return self.encode(F.interpolate(lr, size=tuple(size), mode=mode, **align))
+        return self.encode(upsample(lr, size, self.cond_upsample))
 
     def decode(self, z: torch.Tensor, out_size: tuple[int, int], lr: torch.Tensor) -> torch.Tensor:
         """Scaled latent -> image (B, 1, *out_size); differentiable (the alignment loss needs it)."""

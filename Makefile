@@ -19,8 +19,9 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# one torch thread per pytest worker: two workers with two threads each thrash two cores
 test: lint
-	$(PY) -m pytest -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
 
 clean-demo:
 	rm -rf logs/demo-* data/CT data/*.txt

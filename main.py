@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     from ldm.util import instantiate_from_config
 
+    # The LDM's first stage is frozen in eval mode on purpose; Lightning warns about any such module.
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     pl.seed_everything(opt.seed, workers=True)
     try:
         model = instantiate_from_config(config.model, key="model")

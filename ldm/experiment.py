@@ -108,6 +108,18 @@ def _without_init_checkpoints(node: Any) -> Any:
     return node
 
 
+def _raised_by_the_call(err: TypeError) -> bool:
+    """Whether a TypeError comes from calling a class with params it does not take.
+
+    Such an error is raised before the callee runs, so the innermost frame is the caller,
+    instantiate_from_config (also for nested nodes like first_stage_config).
+    """
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code is instantiate_from_config.__code__
+
+
 def build_model(config: DictConfig, source: Path) -> nn.Module:
     if "model" not in config or not isinstance(config.model, DictConfig):
         raise ConfigError(f"{source}: model: missing section")
@@ -116,7 +128,11 @@ def build_model(config: DictConfig, source: Path) -> nn.Module:
         return instantiate_from_config(model_config, key="model")
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from err
-    except (TypeError, ValueError) as err:  # params the class does not take or refuses
+    except TypeError as err:
+        if not _raised_by_the_call(err):  # a bug inside a model's code keeps its traceback
+            raise
+        raise ConfigError(f"{source}: model.params: {str(err).splitlines()[0]}") from err
+    except ValueError as err:  # params the model refuses
         raise ConfigError(f"{source}: model.params: {str(err).splitlines()[0]}") from err
 
 

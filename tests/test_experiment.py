@@ -124,3 +124,24 @@ def test_pickled_checkpoint_needs_trust(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="--trust_checkpoint"):
         load_experiment(logdir)
     assert load_experiment(logdir, trust_checkpoint=True).kind == "first_stage"
+
+
+def test_params_the_model_does_not_take_are_a_config_error(tmp_path):
+    logdir = make_logdir(tmp_path, fake_model_config(), data_config(tmp_path))
+    config_path = next((logdir / "configs").glob("*-project.yaml"))
+    config = OmegaConf.load(config_path)
+    config.model.params.colour = "blue"
+    OmegaConf.save(config, config_path)
+    with pytest.raises(ConfigError, match="model.params: .*unexpected keyword argument 'colour'"):
+        load_experiment(logdir)
+
+
+def test_a_type_error_inside_the_model_keeps_its_traceback(tmp_path):
+    logdir = make_logdir(tmp_path, fake_model_config(), data_config(tmp_path))
+    config_path = next((logdir / "configs").glob("*-project.yaml"))
+    config = OmegaConf.load(config_path)
+    config.model.params.gain = "not a number"  # FakeSR's own code fails on it: a bug, not a config key
+    OmegaConf.save(config, config_path)
+    with pytest.raises(TypeError) as info:
+        load_experiment(logdir)
+    assert not isinstance(info.value, ConfigError)

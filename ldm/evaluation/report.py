@@ -18,11 +18,12 @@ from ldm.evaluation.protocol import scale_name
 from ldm.evaluation.runner import ScaleResult
 from ldm.util import atomic_path, write_text_atomic
 
-_FORMATS = {"ssim": "{:.4f}", "mae": "{:.5f}"}
-
 
 def _format(metric: str, value: float) -> str:
-    return _FORMATS.get(metric.split("_")[0] if metric.startswith("ssim") else metric, "{:.2f}").format(value)
+    """Table precision: SSIM and MAE on [0, 1] need more digits than dB and HU."""
+    if metric.startswith("ssim"):
+        return f"{value:.4f}"
+    return f"{value:.5f}" if metric == "mae" else f"{value:.2f}"
 
 
 def summarize(result: ScaleResult) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:

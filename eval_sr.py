@@ -144,7 +144,9 @@ def default_out(args: argparse.Namespace, exp: Experiment, protocol: Protocol, l
         parts.append(f"k{args.n_samples}")
     if args.first_k is not None:
         parts.append(f"first{args.first_k}")
-    return exp.logdir / "eval" / "_".join(parts)
+    # an exported .safetensors model keeps its evaluations in <file stem>-eval/ beside it
+    root = exp.logdir / "eval" if exp.logdir.is_dir() else exp.logdir.with_name(f"{exp.logdir.stem}-eval")
+    return root / "_".join(parts)
 
 
 def make_out_dir(args: argparse.Namespace, default: Path) -> Path:

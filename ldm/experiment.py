@@ -23,9 +23,10 @@ from torch import nn
 
 from ldm.checkpoint import load_checkpoint, load_weights, state_dict_of
 from ldm.data.intensity import FULL_WINDOW, Window, check_window
-from ldm.util import ConfigError, file_sha256, instantiate_from_config
+from ldm.util import ConfigError, atomic_path, file_sha256, instantiate_from_config
 
 KINDS = ("first_stage", "liif", "ldm")
+EXPORT_SUFFIX = ".safetensors"
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}_")
 
 
@@ -136,6 +137,76 @@ def build_model(config: DictConfig, source: Path) -> nn.Module:
         raise ConfigError(f"{source}: model.params: {str(err).splitlines()[0]}") from err
 
 
+def _hu_window(config: DictConfig, source: Path) -> Window:
+    window = OmegaConf.select(config, "data.params.hu_window", default=None)
+    try:
+        return check_window(tuple(window) if window is not None else FULL_WINDOW)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{source}: data.params.{err}") from err
+
+
+def _is_super_resolver(model: nn.Module, source: Path) -> str:
+    kind = getattr(model, "kind", None)
+    if kind not in KINDS or not callable(getattr(model, "super_resolve", None)):
+        raise ExperimentError(
+            f"{source}: model {type(model).__name__} is not a super-resolver "
+            f"(needs super_resolve() and kind in {KINDS}, has kind {kind!r})"
+        )
+    return kind
+
+
+def export_experiment(exp: Experiment, out: str | os.PathLike[str]) -> Path:
+    """Write the loaded weights (EMA when chosen) and the config as one safetensors file.
+
+    safetensors holds tensors and string metadata only: loading it can never run code, and no
+    pickle is involved. The EMA shadows are left out; the weights in use are the ones shared.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    state = {k: v.detach().cpu().contiguous() for k, v in exp.model.state_dict().items() if not k.startswith("ema.")}
+    metadata = {
+        "format": "ct-ldm-sr/1",
+        "config": OmegaConf.to_yaml(exp.config),
+        "kind": exp.kind,
+        "ema": str(exp.ema),
+        "global_step": str(exp.global_step),
+        "source_checkpoint_sha256": exp.ckpt_sha256,
+        "source_config_sha256": exp.config_sha256,
+    }
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    return out
+
+
+def load_exported(path: Path, device: str | torch.device = "cpu") -> Experiment:
+    """An exported .safetensors file as an Experiment (its config travels in the metadata)."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ExperimentError(f"{path}: not a readable safetensors export ({err})") from err
+    if "config" not in metadata:
+        raise ExperimentError(f"{path}: safetensors file without the config metadata of ldm.export")
+    config = OmegaConf.create(metadata["config"])
+    model = build_model(config, path)
+    kind = _is_super_resolver(model, path)
+    load_weights(model, state, source=str(path), ignore_prefixes=("ema.",))
+    model.ema = None
+    model.eval().requires_grad_(False).to(device)
+    step = metadata.get("global_step", "None")
+    digest = file_sha256(path)
+    return Experiment(
+        model=model, config=config, kind=kind, hu_window=_hu_window(config, path),
+        ckpt_path=path, ckpt_sha256=digest, config_path=path, config_sha256=digest, logdir=path,
+        global_step=int(step) if step.isdigit() else None, ema=metadata.get("ema") == "True",
+    )
+
+
 def load_experiment(
     logdir: str | os.PathLike[str],
     ckpt: str | os.PathLike[str] | None = None,
@@ -150,6 +221,8 @@ def load_experiment(
     UnsafeCheckpointError (pickled checkpoint without trust_checkpoint).
     """
     logdir = Path(logdir)
+    if logdir.suffix == EXPORT_SUFFIX and logdir.is_file():
+        return load_exported(logdir, device)
     if not logdir.is_dir():
         raise ExperimentError(f"{logdir}: log dir not found")
     config_path = project_config_path(logdir)
@@ -162,12 +235,7 @@ def load_experiment(
         raise ConfigError(f"{config_path}: expected a mapping with model: and data: sections")
 
     model = build_model(config, config_path)
-    kind = getattr(model, "kind", None)
-    if kind not in KINDS or not callable(getattr(model, "super_resolve", None)):
-        raise ExperimentError(
-            f"{config_path}: model {type(model).__name__} is not a super-resolver "
-            f"(needs super_resolve() and kind in {KINDS}, has kind {kind!r})"
-        )
+    kind = _is_super_resolver(model, config_path)
     checkpoint = load_checkpoint(ckpt_path, trust=trust_checkpoint)
     load_weights(model, state_dict_of(checkpoint), source=str(ckpt_path))
     has_ema = getattr(model, "ema", None) is not None
@@ -179,12 +247,7 @@ def load_experiment(
         # per-call weight swap costs time or memory.
         model.ema = None
     model.eval().requires_grad_(False).to(device)
-
-    window = OmegaConf.select(config, "data.params.hu_window", default=None)
-    try:
-        hu_window = check_window(tuple(window) if window is not None else FULL_WINDOW)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{config_path}: data.params.{err}") from err
+    hu_window = _hu_window(config, config_path)
     step = checkpoint.get("global_step")
     return Experiment(
         model=model,

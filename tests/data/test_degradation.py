@@ -1,0 +1,88 @@
+"""Float degradation at any scale: shapes, determinism, and no 8-bit rounding on the way."""
+
+import numpy as np
+import pytest
+import torch
+
+from ldm.data.degradation import DEGRADATIONS, degrade, gaussian_blur, resize, upsample
+
+
+def ramp(h: int = 64, w: int = 64) -> torch.Tensor:
+    """A smooth diagonal ramp in [-1, 1], (1, 1, h, w)."""
+    y = torch.linspace(-1, 1, h)[:, None]
+    x = torch.linspace(-1, 1, w)[None, :]
+    return ((0.6 * y + 0.4 * x)[None, None]).float()
+
+
+@pytest.mark.parametrize("kind", DEGRADATIONS)
+@pytest.mark.parametrize("lr_size", [(18, 23), (round(64 / 3.7), round(64 / 3.7)), (63, 64), (1, 1)])
+def test_non_integer_scales_give_the_asked_size(kind, lr_size):
+    hr = ramp().repeat(2, 1, 1, 1)
+    lr = degrade(hr, lr_size, kind)
+    assert lr.shape == (2, 1, *lr_size)
+    assert torch.isfinite(lr).all()
+
+
+@pytest.mark.parametrize("kind", DEGRADATIONS)
+def test_constant_image_stays_constant(kind):
+    hr = torch.full((1, 1, 40, 52), 0.3)
+    torch.testing.assert_close(degrade(hr, (11, 17), kind), torch.full((1, 1, 11, 17), 0.3))
+
+
+@pytest.mark.parametrize("kind", DEGRADATIONS)
+def test_noise_is_deterministic_for_a_seed(kind):
+    hr = ramp()
+    a = degrade(hr, 17, kind, noise_hu=20.0, generator=torch.Generator().manual_seed(5))
+    b = degrade(hr, 17, kind, noise_hu=20.0, generator=torch.Generator().manual_seed(5))
+    c = degrade(hr, 17, kind, noise_hu=20.0, generator=torch.Generator().manual_seed(6))
+    clean = degrade(hr, 17, kind)
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, c)
+    # 20 HU over the 4095 HU window is a standard deviation of 2 * 20 / 4095 in [-1, 1]
+    assert abs(float((a - clean).std()) - 40 / 4095) < 0.3 * 40 / 4095
+
+
+@pytest.mark.parametrize("kind", DEGRADATIONS)
+def test_no_8bit_quantisation(kind):
+    lr = degrade(ramp(), (18, 23), kind)
+    on_255_grid = (lr + 1) * 127.5
+    off_grid = (on_255_grid - on_255_grid.round()).abs() > 1e-3
+    assert off_grid.float().mean() > 0.9
+    # a smooth ramp stays smooth: no staircase of repeated values
+    assert torch.unique(lr).numel() > 0.9 * lr.numel()
+
+
+def test_ct_blur_widens_with_the_scale():
+    impulse = torch.zeros(1, 1, 65, 65)
+    impulse[..., 32, 32] = 1.0
+    narrow = gaussian_blur(impulse, (0.5, 0.5))
+    wide = gaussian_blur(impulse, (2.0, 2.0))
+    assert float(narrow.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert float(wide.max()) < float(narrow.max())
+
+
+def test_errors_name_the_argument():
+    hr = ramp()
+    with pytest.raises(ValueError, match="lr_size.*larger"):
+        degrade(hr, (65, 10))
+    with pytest.raises(ValueError, match="lr_size.*positive"):
+        degrade(hr, (0, 10))
+    with pytest.raises(ValueError, match="degradation.*'box'"):
+        degrade(hr, 16, "box")
+    with pytest.raises(ValueError, match="upsample mode"):
+        upsample(hr, 128, "lanczos")
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
+def test_upsample_and_resize_sizes(mode):
+    lr = ramp(17, 23)
+    assert upsample(lr, (64, 87), mode).shape == (1, 1, 64, 87)
+    assert resize(lr, 9).shape == (1, 1, 9, 9)
+    assert resize(lr, (17, 23)) is lr
+
+
+def test_bicubic_degradation_is_antialiased():
+    # a pixel-level checkerboard is beyond the LR Nyquist limit: antialiasing averages it away
+    checker = torch.from_numpy(np.indices((64, 64)).sum(0) % 2 * 2.0 - 1.0).float()[None, None]
+    assert float(degrade(checker, 16, "bicubic").abs().max()) < 0.05
+    assert float(degrade(checker, 16, "ct").abs().max()) < 0.05

@@ -50,8 +50,8 @@ INPUT_ERRORS = (
 )
 SEEDING = (
     "image seed = crc32('<seed>:<slice path relative to the data root>'); it seeds the LR noise of "
-    "that image, and a stochastic sampler is called per batch with the seed of the batch's first image "
-    "(with --batch_size 1 every image's numbers depend only on --seed and its path)"
+    "that image and its diffusion noise (one generator per image), so an image's numbers depend only "
+    "on --seed and its path, not on the batch it was sampled in"
 )
 
 

@@ -70,10 +70,13 @@ class FakeLDM(FakeSR):
     def super_resolve(self, lr, out_size, steps=None, eta=None, n_samples=1, sampler="ddim", seed=None,
                       generator=None, progress=False):
         self.calls.append({"steps": steps, "eta": eta, "n_samples": n_samples, "seed": seed})
-        if seed is not None:
-            generator = torch.Generator().manual_seed(seed)
+        seeds = [seed] * lr.shape[0] if isinstance(seed, int) else seed
         base = super().super_resolve(lr, out_size)
-        noise = torch.randn((lr.shape[0], n_samples, *out_size), generator=generator)
+        if seeds is None:
+            noise = torch.randn((lr.shape[0], n_samples, *out_size), generator=generator)
+        else:  # one generator per image, as the LDM does with a list of seeds
+            noise = torch.cat([torch.randn((1, n_samples, *out_size), generator=torch.Generator().manual_seed(int(s)))
+                               for s in seeds])
         return base + self.noise * noise
 
 

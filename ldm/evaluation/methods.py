@@ -68,7 +68,7 @@ class Method:
     """One column of the comparison.
 
     sampling: keyword arguments of super_resolve (steps, eta, n_samples for an LDM).
-    seeded: pass `seed=` per batch (stochastic samplers); the batch's first image seed is used.
+    seeded: pass each image's seed (stochastic samplers), so a result does not depend on the batch.
     info: provenance written to metrics.json (kind, log dir, checkpoint sha256 ...).
     """
 
@@ -85,7 +85,7 @@ class Method:
         """LR (B, 1, h, w) -> SR samples (B, K, H, W), float32 on the CPU."""
         kwargs = dict(self.sampling)
         if self.seeded:
-            kwargs["seed"] = int(seeds[0])
+            kwargs["seed"] = [int(s) for s in seeds]
         sr = self.resolver.super_resolve(lr.to(self.device), out_size, **kwargs)
         expected = (lr.shape[0], *out_size)
         if sr.ndim != 4 or (sr.shape[0], *sr.shape[-2:]) != expected:

@@ -9,7 +9,7 @@ decoder so that decoded x_0 estimates match the HR slice.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -290,7 +290,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         eta: float | None = None,
         n_samples: int = 1,
         sampler: str = "ddim",
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
@@ -302,7 +302,9 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         512 x 512 clinical slice at x2 or x4 from 128 or 256 px LR) run on a larger latent; the
         implicit decoder then renders each sampled latent at exactly out_size.
         sampler: "ddim" (steps default sample_steps, eta default sample_eta) or "ddpm" (ancestral;
-        steps None = all T). seed or a CPU generator makes the result repeatable on any device.
+        steps None = all T). seed or a CPU generator makes the result repeatable on any device;
+        a list of B seeds gives each image its own noise, so its result does not depend on the
+        batch it was sampled in.
         Uses the EMA weights when the model keeps an EMA.
         """
         out_hw = check_out_size(lr, out_size)
@@ -310,9 +312,13 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
             raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got '{sampler}'")
         if n_samples < 1:
             raise ValueError(f"n_samples: expected >= 1, got {n_samples}")
-        if generator is None and seed is not None:
-            generator = torch.Generator().manual_seed(seed)
         b, k = lr.shape[0], n_samples
+        if generator is None and isinstance(seed, int):
+            generator = torch.Generator().manual_seed(seed)
+        elif generator is None and seed is not None:
+            if len(seed) != b:
+                raise ValueError(f"seed: expected one seed per image ({b}), got {len(seed)}")
+            generator = [torch.Generator().manual_seed(int(s)) for s in seed]
         in_hw = model_input_size(tuple(lr.shape[-2:]), out_hw, self.max_input_scale, self.input_multiple)
         cond = self.condition(lr, in_hw).repeat_interleave(k, dim=0)  # (B K, C, h', w'), each image's K adjacent
         x_T = seeded_randn((b * k, self.unet.out_channels, *cond.shape[-2:]), generator, lr.device)

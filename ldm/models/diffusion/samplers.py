@@ -39,12 +39,25 @@ def sampling_timesteps(num_timesteps: int, steps: int) -> list[int]:
     return [num_timesteps - 1 - i * stride for i in range(steps)]
 
 
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
 def seeded_randn(
-    shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype = torch.float32
+    shape: Sequence[int], generator: Generators, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """Standard normal noise drawn on the CPU from `generator` (a CPU generator, or None for the
-    global CPU RNG), then moved to `device`: the same seed gives the same numbers on any device."""
-    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device, dtype)
+    global CPU RNG), then moved to `device`: the same seed gives the same numbers on any device.
+
+    A sequence of n generators draws the rows in n equal consecutive groups, one generator each,
+    so every image of a batch gets noise of its own whatever else shares the batch.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device, dtype)
+    rows, n = shape[0], len(generator)
+    if rows % n:
+        raise ValueError(f"seeded_randn: {rows} rows do not split over {n} generators")
+    per = (rows // n, *shape[1:])
+    return torch.cat([torch.randn(per, generator=g, dtype=torch.float32) for g in generator]).to(device, dtype)
 
 
 def _steps(
@@ -78,7 +91,7 @@ def sample_ddim(
     disable: bool | None = None,
     steps: int = 50,
     eta: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021), eta = 0 deterministic, eta = 1 the DDPM posterior variance."""
     extra_args = extra_args or {}
@@ -102,7 +115,7 @@ def sample_ddpm(
     callback: Callback | None = None,
     disable: bool | None = None,
     steps: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020) from the posterior q(x_prev | x_t, x_0), all T steps or strided."""
     extra_args = extra_args or {}

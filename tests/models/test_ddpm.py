@@ -34,6 +34,7 @@ def first_stage_params(node):
         ("ct-tiny-align.yaml", "ct-tiny.yaml"),
         ("ct256-f4.yaml", "ct256-f4.yaml"),
         ("ct256-f4-align.yaml", "ct256-f4.yaml"),
+        ("ct-demo.yaml", "ct-demo.yaml"),
     ],
 )
 def test_ldm_configs_carry_their_first_stage_params_verbatim(ldm_config, first_stage_config):
@@ -283,3 +284,13 @@ def test_log_images_in_display_order(model):
     images = model.log_images(make_batch(n=3), max_images=2)
     assert list(images) == ["lr", "sample", "sample_x2", "hr"]
     assert images["sample"].shape == (2, 1, 64, 64) and images["sample_x2"].shape == (2, 1, 128, 128)
+
+
+def test_a_list_of_seeds_makes_each_image_independent_of_its_batch(model):
+    """eval_sr.py passes one seed per image: an image's sample must not depend on its batch mates."""
+    lr = torch.rand(3, 1, 16, 16) * 2 - 1
+    together = model.super_resolve(lr, (40, 40), steps=2, seed=[5, 6, 7], n_samples=2)
+    alone = torch.cat([model.super_resolve(lr[i : i + 1], (40, 40), steps=2, seed=[s], n_samples=2)
+                       for i, s in enumerate([5, 6, 7])])
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert not torch.allclose(together[0], together[1])

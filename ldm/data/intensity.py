@@ -91,21 +91,21 @@ def read_slice(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
     kind 'hu': a 16-bit grayscale PNG, values returned in HU.
     kind 'u8': an 8-bit PNG, values in [0, 255]. 8-bit RGB/RGBA/palette images are
     converted to luminance with a warning (slices exported by viewers often are RGB);
-    16-bit colour PNGs are refused, since their intensity convention is unknown.
+    16-bit colour or grey+alpha PNGs are refused, since their intensity convention is unknown.
     """
     path = Path(path)
     if not path.is_file():
         raise SliceReadError(f"{path}: no such file")
     bit_depth, colour_type = _png_header(path)
-    if bit_depth == 16 and colour_type not in (0, 4):
-        raise SliceReadError(f"{path}: 16-bit colour PNG is not a CT slice (expected 16-bit grayscale HU+1024)")
+    if bit_depth == 16 and colour_type != 0:
+        # PIL reads 16-bit colour and grey+alpha PNGs as 8-bit RGBA: refuse rather than lose the HU
+        raise SliceReadError(f"{path}: 16-bit colour or alpha PNG is not a CT slice (expected 16-bit grayscale HU+1024)")
     try:
         with Image.open(path) as img:
             img.load()
             mode = img.mode
             if bit_depth == 16:
-                arr = np.array(img if mode != "LA" else img.getchannel(0))
-                return png16_to_hu(arr.astype(np.float32)), "hu"
+                return png16_to_hu(np.array(img).astype(np.float32)), "hu"
             if mode not in ("L", "I;16"):
                 warnings.warn(f"{path}: {mode} PNG converted to grayscale", stacklevel=2)
                 img = img.convert("L")

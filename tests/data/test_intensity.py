@@ -75,11 +75,6 @@ def test_16bit_rgba_is_refused_naming_the_file(tmp_path):
         read_slice(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="intensity.read_slice: PIL opens 16-bit gray+alpha as 8-bit RGBA, so its 'LA' branch never "
-    "runs and the result is an (H, W, 4) array of high bytes",
-)
 def test_16bit_gray_alpha_is_read_as_hu_or_refused(tmp_path):
     pixels = np.stack([np.full((3, 4), 1064, np.uint16), np.full((3, 4), 65535, np.uint16)], -1)
     path = tmp_path / "la.png"

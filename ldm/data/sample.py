@@ -131,7 +131,7 @@ def pip_download(spec: str, folder: Path) -> None:
         "30",
         "-q",
         "-d",
-        str(folder),
+        str(folder.resolve()),  # pip runs with cwd=folder: a relative -d would nest
         spec,
     ]
     _run(cmd, folder, f"pip download {spec}")

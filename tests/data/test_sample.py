@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import tarfile
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +198,16 @@ def test_the_pinned_sample_is_described_consistently():
     names = [(p.patient_id, p.n_slices, p.optional) for p in sample.SAMPLE_PATIENTS]
     assert names == [("chest_lung1", 48, False), ("chest_lung2", 61, False), ("head_cranium", 108, True)]
     assert all(len(p.archive.sha256) == 64 for p in sample.SAMPLE_PATIENTS)
+
+
+def test_pip_download_writes_into_a_relative_cache_folder(tmp_path, monkeypatch):
+    """The client runs inside the cache folder, so the destination must not be relative to it."""
+    from ldm.data import sample
+
+    calls = []
+    monkeypatch.setattr(sample, "_run", lambda cmd, cwd, what: calls.append((cmd, cwd)))
+    monkeypatch.chdir(tmp_path)
+    sample.pip_download("pyradiomics-bhklab==3.1.4", Path("data/downloads"))
+    cmd, cwd = calls[0]
+    dest = Path(cmd[cmd.index("-d") + 1])
+    assert dest.is_absolute() and dest == (tmp_path / "data" / "downloads").resolve()

@@ -1,8 +1,8 @@
 """Train any stage from YAML, the way latent-diffusion users expect, on pytorch-lightning 2.x.
 
     python main.py --base configs/first-stage/ct-tiny.yaml -t
-    python main.py --base configs/latent-diffusion/ct256-f4.yaml -t --gpus 0, --scale_lr False \
-        model.params.first_stage_config.params.ckpt_path=logs/<stage1>/checkpoints/last.ckpt
+    python main.py --base configs/latent-diffusion/ct256-f4.yaml -t --gpus 0, --scale_lr False
+        model.params.first_stage_config.params.ckpt_path=logs/<stage1>/checkpoints/last.ckpt  (one line)
     python main.py -r logs/<run>            # continue: saved config, global step, optimizer, EMA
 """
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ldm.util import ConfigError, write_text_atomic
+from ldm.util import ConfigError, file_sha256, run_record, write_json_atomic, write_text_atomic
 
 
 def str2bool(value: str | bool) -> bool:
@@ -243,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         write_text_atomic(logdir / "configs" / f"{now}-project.yaml", OmegaConf.to_yaml(config))
         write_text_atomic(logdir / "configs" / f"{now}-lightning.yaml",
                           OmegaConf.to_yaml(OmegaConf.create({"lightning": lightning_config})))
+        write_json_atomic(logdir / "configs" / f"{now}-run.json", run_record(
+            "main.py", argv, seed=opt.seed, config_sha256=file_sha256(logdir / "configs" / f"{now}-project.yaml"),
+            resumed_from=str(ckpt_path) if ckpt_path else None,
+            resumed_from_sha256=file_sha256(ckpt_path) if ckpt_path else None))
         print(f"log dir: {logdir}")
 
     if not opt.train:

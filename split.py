@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ldm.data.patients import SPLITS, PatientError, PatientSplit, check_ratios, find_slices, split_patients
-from ldm.util import write_text_atomic
+from ldm.util import run_record, write_json_atomic, write_text_atomic
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -51,6 +51,7 @@ def format_table(split: PatientSplit) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
         if not args.root.is_dir():
@@ -65,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in SPLITS:
         lines = split.files[name]
         write_text_atomic(args.out / f"{name}.txt", "".join(f"{line}\n" for line in lines))
+    write_json_atomic(args.out / "split.json", run_record(
+        "split.py", argv, seed=args.seed, root=str(args.root), val=args.val, test=args.test,
+        pattern=args.pattern, patients={name: split.patients(name) for name in SPLITS},
+        slices={name: len(split.files[name]) for name in SPLITS}))
     print(format_table(split))
     for name in SPLITS:
         print(f"wrote {args.out / f'{name}.txt'}: {len(split.files[name])} slices")

@@ -28,7 +28,7 @@ from ldm.evaluation.images import write_sr, write_std
 from ldm.evaluation.protocol import image_seed
 from ldm.experiment import Experiment, ExperimentError, load_experiment
 from ldm.inference import find_inputs, output_size, read_input, super_resolve_slice
-from ldm.util import ConfigError
+from ldm.util import ConfigError, run_record, write_json_atomic
 
 SETUP_ERRORS = (ExperimentError, ConfigError, CheckpointMismatchError, UnsafeCheckpointError, ValueError,
                 RuntimeError, FileNotFoundError)
@@ -82,6 +82,7 @@ def sampling_of(args: argparse.Namespace, exp: Experiment) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = get_parser().parse_args(argv)
     try:
         check_args(args)
@@ -118,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(str(err).splitlines()[0])
 
     print(f"wrote {written} slice(s) to {out}")
+    if written:
+        write_json_atomic(out / "sr_run.json", run_record(
+            "sr.py", argv, seed=args.seed, sampling={k: v for k, v in sampling.items()}, **exp.describe(),
+            written=written, failed=failed))
     if failed:
         print(f"failed ({len(failed)}):", file=sys.stderr)
         for line in failed:

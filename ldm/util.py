@@ -80,3 +80,36 @@ def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 def count_params(module: Any) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def git_commit(repo: str | os.PathLike[str] | None = None) -> str:
+    """The checkout's short commit ('unknown' outside a git checkout): results name the code."""
+    import subprocess
+
+    root = Path(repo) if repo is not None else Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def run_record(script: str, argv: list[str], **fields: Any) -> dict[str, Any]:
+    """What produced an output: the command, the code's commit, the time, plus the caller's fields
+    (seed, config and checkpoint hashes ...). Written beside every output folder as JSON."""
+    import datetime
+    import shlex
+
+    return {
+        "command": shlex.join(["python", script, *[str(a) for a in argv]]),
+        "git_commit": git_commit(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        **fields,
+    }
+
+
+def write_json_atomic(path: str | os.PathLike[str], document: Any) -> None:
+    import json
+
+    write_text_atomic(path, json.dumps(document, indent=2, sort_keys=False) + "\n")

@@ -1,5 +1,6 @@
 """split.py and ldm.data.patients: patient-wise, stratified, deterministic, and refusing bad input whole."""
 
+import json
 import random
 import re
 
@@ -212,6 +213,9 @@ def test_cli_on_the_fixture_tree(ct_tree, tmp_path, capsys):
     assert re.search(r"chest\s+test\s+1\s+4", printed) and re.search(r"all\s+train\s+2\s+8", printed)
     assert "val.txt is empty" in printed and "monitor_from_train" in printed
     assert all((ct_tree / f).is_file() for f in lists["train"] + lists["test"])
+    record = json.loads((out / "split.json").read_text())  # what produced the lists
+    assert record["seed"] == 23 and "--test_patients chest_lung2" in record["command"]
+    assert record["patients"]["test"] == ["chest_lung2"] and record["slices"] == {"train": 8, "val": 0, "test": 4}
 
 
 def test_cli_is_deterministic_whatever_the_creation_order(tmp_path):

@@ -75,7 +75,7 @@ def test_a_volume_is_written_slice_by_slice_like_the_converter(capsys, run_dir, 
     rc, _, err = run(capsys, "--exp", run_dir, "--input", fixtures_dir / "volumes" / "lung1_64x64x3.nrrd",
                      "--scale", 1.5, "--out", tmp_path / "out")
     assert rc == 0, err
-    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert names == [f"lung1_64x64x3_slice_00{i}.png" for i in (1, 2, 3)]
     assert read_slice(tmp_path / "out" / names[0])[0].shape == (96, 96)
 
@@ -87,7 +87,7 @@ def test_nifti_volume(capsys, run_dir, tmp_path):
     rc, _, err = run(capsys, "--exp", run_dir, "--input", tmp_path / "case7.nii.gz", "--scale", 2,
                      "--out", tmp_path / "out")
     assert rc == 0, err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case7_slice_001.png", "case7_slice_002.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["case7_slice_001.png", "case7_slice_002.png"]
 
 
 def write_dicom(path, hu=None):
@@ -152,3 +152,14 @@ def test_missing_input_or_run(capsys, run_dir, tmp_path):
     rc, _, err = run(capsys, "--exp", tmp_path / "norun", "--input", tmp_path / "s.png", "--scale", 2,
                      "--out", tmp_path / "o")
     assert rc == 2 and "log dir not found" in err and not (tmp_path / "o").exists()
+
+
+def test_the_output_folder_records_what_produced_it(capsys, run_dir, tmp_path):
+    import json
+
+    write_png16_hu(tmp_path / "in.png", phantom_hu(16))
+    rc, _, _ = run(capsys, "--exp", run_dir, "--input", tmp_path / "in.png", "--scale", 2, "--seed", 7,
+                   "--out", tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "sr_run.json").read_text())
+    assert rc == 0 and record["seed"] == 7 and record["command"].startswith("python sr.py --exp")
+    assert len(record["ckpt_sha256"]) == 64 and len(record["config_sha256"]) == 64 and record["written"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,6 +63,8 @@ def test_train_writes_the_log_layout_and_resume_continues(tmp_path, ct_splits):
     assert ckpt["global_step"] == 4
     assert len(list((run / "configs").glob("*-project.yaml"))) == 1
     assert len(list((run / "configs").glob("*-lightning.yaml"))) == 1
+    record = json.loads(next((run / "configs").glob("*-run.json")).read_text())
+    assert record["seed"] == 23 and "main.py --base" in record["command"] and len(record["config_sha256"]) == 64
     assert list((run / "images" / "train").glob("*.png"))
     assert list((run / "images" / "val").glob("*.png"))
     assert (run / "csv" / "metrics.csv").read_text().count("train/loss") >= 1

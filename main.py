@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -121,6 +123,15 @@ def load_config(base: list[str], dotlist: list[str]) -> DictConfig:
         if section not in config or not isinstance(config[section], DictConfig):
             fail(f"{section}: missing section in the merged config ({', '.join(base) or 'no --base'})")
     return config
+
+
+def _finish_step_then_stop(signum: int, frame: object) -> None:
+    """Ctrl-C: let the running step finish and save last.ckpt, as on SIGTERM (an interrupt in the
+    middle of an optimizer step would checkpoint a half-updated state). A second Ctrl-C aborts."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    print("\nCtrl-C: finishing this step, then saving last.ckpt (Ctrl-C again aborts at once)",
+          file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def make_logdir(opt: argparse.Namespace, now: str) -> Path:
@@ -252,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     if not opt.train:
         print("nothing to do: pass -t to train (evaluation is eval_sr.py)")
         return 0
+    signal.signal(signal.SIGINT, _finish_step_then_stop)
     try:
         trainer.fit(model, data, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except SystemExit as stop:  # SIGTERM, after last.ckpt was written

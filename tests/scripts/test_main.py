@@ -19,12 +19,23 @@ import os, signal
 import pytorch_lightning as pl
 
 class SigtermAt(pl.Callback):
-    """Sends SIGTERM to this process after training step `at_step` (a scheduler's kill)."""
+    """Sends a signal to this process after training step `at_step` (a scheduler's kill, a Ctrl-C)."""
+    def __init__(self, at_step: int, signal_name: str = "SIGTERM") -> None:
+        self.at_step = at_step
+        self.signum = getattr(signal, signal_name)
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), self.signum)
+
+
+class PoisonAt(pl.Callback):
+    """Turns every weight into NaN after step `at_step`: the next loss is not finite."""
     def __init__(self, at_step: int) -> None:
         self.at_step = at_step
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.at_step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            for p in pl_module.parameters():
+                p.data.fill_(float("nan"))
 '''
 
 
@@ -127,3 +138,29 @@ def test_missing_section_and_missing_file(tmp_path, ct_splits):
     assert proc.returncode == 2 and "model: missing section" in proc.stderr
     proc = run_main(["--base", str(tmp_path / "nope.yaml"), "-t"], tmp_path, ct_splits)
     assert proc.returncode == 2 and "nope.yaml not found" in proc.stderr
+
+
+def test_ctrl_c_finishes_the_step_saves_and_prints_the_resume_command(tmp_path, ct_splits):
+    (tmp_path / "killer.py").write_text(KILLER)
+    proc = run_main(["--base", str(TINY), "-t", "lightning.trainer.max_steps=6",
+                     "lightning.callbacks.killer.target=killer.SigtermAt",
+                     "lightning.callbacks.killer.params.at_step=2",
+                     "lightning.callbacks.killer.params.signal_name=SIGINT"], tmp_path, ct_splits)
+    assert proc.returncode != 0
+    assert "Ctrl-C" in proc.stderr and "resume with:" in proc.stderr
+    ckpt = torch.load(only_run(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, ct_splits):
+    (tmp_path / "killer.py").write_text(KILLER)
+    proc = run_main(["--base", str(TINY), "-t", "lightning.trainer.max_steps=8",
+                     "lightning.checkpoint_every_n_steps=2", "lightning.trainer.val_check_interval=100",
+                     "lightning.callbacks.poison.target=killer.PoisonAt",
+                     "lightning.callbacks.poison.params.at_step=3"], tmp_path, ct_splits)
+    assert proc.returncode == 1
+    assert "non-finite loss" in proc.stderr and "global step 4" in proc.stderr
+    assert "config:" in proc.stderr and "log dir:" in proc.stderr
+    ckpt = torch.load(only_run(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())

@@ -46,7 +46,7 @@ def finished_run(logs: Path, name: str) -> Path | None:
 def train(name: str, config: str, extra: list[str], args: argparse.Namespace) -> Path:
     logs = REPO / args.logdir
     if not args.fresh and (existing := finished_run(logs, name)):
-        print(f"reusing finished run {existing.relative_to(REPO)} (--fresh retrains)")
+        print(f"reusing finished run {existing} (--fresh retrains)")
         return existing
     gpus = ["--gpus", "0,"] if torch.cuda.is_available() else []
     run([sys.executable, "main.py", "--base", config, "-t", "-n", name, "-l", args.logdir, *gpus, *extra])
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fresh", action="store_true", help="retrain even if finished demo runs exist")
     parser.add_argument("--logdir", default="logs")
+    parser.add_argument("--data_dir", default="data", help="slices go to <data_dir>/CT, split lists to <data_dir>")
+    parser.add_argument("--no_fetch", action="store_true", help="use the slices already in <data_dir>/CT")
     parser.add_argument("--lr_size", type=int, default=32)
     parser.add_argument("--scales", type=float, nargs="+", default=[2.0, 3.5, 4.0])
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps for the evaluation")
@@ -70,14 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device: {device}")
 
+    data = Path(args.data_dir)
     banner("1/5 sample CT (real chest and head CT from package registries, 16-bit HU PNGs)")
-    run([sys.executable, "-m", "ldm.data.sample", "--out", "data/CT"])
+    if args.no_fetch:
+        print(f"using the slices in {data / 'CT'} (--no_fetch)")
+    else:
+        run([sys.executable, "-m", "ldm.data.sample", "--out", str(data / "CT")])
 
     banner(f"2/5 patient-wise split ({TEST_PATIENT} held out for testing)")
-    if all((REPO / "data" / f"{s}.txt").is_file() for s in ("train", "val", "test")):
-        print("reusing data/train.txt, data/val.txt, data/test.txt (delete them to split again)")
+    if all((REPO / data / f"{s}.txt").is_file() for s in ("train", "val", "test")):
+        print(f"reusing {data}/train.txt, val.txt, test.txt (delete them to split again)")
     else:
-        run([sys.executable, "split.py", "--root", "data/CT", "--out", "data", "--test_patients", TEST_PATIENT])
+        run([sys.executable, "split.py", "--root", str(data / "CT"), "--out", str(data),
+             "--test_patients", TEST_PATIENT])
+    args.overrides = [f"data.params.root={data / 'CT'}", *[f"data.params.{s}_list={data / f'{s}.txt'}"
+                      for s in ("train", "val", "test")], *args.overrides]
 
     banner("3/5 stage 1: autoencoder with an implicit neural decoder")
     first = train("demo-first-stage", FIRST_STAGE_CFG, args.overrides, args)
@@ -97,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     run(cmd)
 
     banner(f"done in {(time.time() - start) / 60:.1f} min")
-    print(f"stage 1 run:     {first.relative_to(REPO)}")
-    print(f"stage 2 run:     {ldm.relative_to(REPO)}")
-    print(f"metrics:         {out.relative_to(REPO)}/summary.json (+ one folder per scale with metrics.json, CSV)")
-    print(f"figures:         {out.relative_to(REPO)}/x*/images/ (LR | bicubic | SR | GT | |error|), psnr_vs_scale.png")
+    print(f"stage 1 run:     {first}")
+    print(f"stage 2 run:     {ldm}")
+    print(f"metrics:         {out}/summary.json (+ one folder per scale with metrics.json, CSV)")
+    print(f"figures:         {out}/x*/images/ (LR | bicubic | SR | GT | |error|), {out}/psnr_vs_scale.png")
     return 0
 
 

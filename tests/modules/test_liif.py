@@ -116,3 +116,32 @@ def test_query_is_differentiable_in_the_feature():
     feat = torch.randn(1, 4, 5, 5, requires_grad=True)
     liif.render(feat, (11, 11), chunk_size=30).sum().backward()
     assert feat.grad is not None and feat.grad.abs().sum() > 0
+
+
+def test_bf16_autocast_keeps_the_output_layer_in_float32():
+    """A bf16 output would round values to 8 HU steps; the last layer runs in float32 under autocast."""
+    liif = LIIF(4, hidden=[8], zero_init_output=True)
+    with torch.no_grad():
+        liif.layers[-1].bias.fill_(0.123456789)  # not a bf16 number: bf16 gives 0.12353515625
+    coords, cells = random_queries(1, 40, (9, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = liif(torch.randn(1, 4, 5, 5), coords, cells)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, torch.full_like(out, 0.123456789), rtol=0, atol=1e-7)
+
+
+def test_bf16_autocast_stays_close_to_float32():
+    torch.manual_seed(5)
+    liif = LIIF(4, hidden=[16, 16])
+    feat = torch.randn(1, 4, 6, 6)
+    coords, cells = random_queries(1, 200, (20, 20))
+    ref = liif(feat, coords, cells)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = liif(feat, coords, cells)
+    assert torch.isfinite(out).all()
+    assert (out - ref).norm() / ref.norm() < 2e-2
+
+
+def test_no_hidden_layer_is_refused():
+    with pytest.raises(ValueError, match="hidden"):
+        LIIF(4, hidden=[])

@@ -41,6 +41,19 @@ def lr_reading(lr: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return values[:, :, 0, :].transpose(1, 2)  # (B, N, C)
 
 
+def _output_layer(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """The last linear layer in float32 (at least) whatever the autocast: (N, hidden) -> (N, out).
+
+    Under bf16 autocast its output would be rounded to bf16, whose spacing is 2^-8 over [0.5, 1)
+    model units, i.e. 8 HU steps: a ~60 dB PSNR ceiling, below what a good x2 model reaches
+    (issue 8's reference LIIF: 57-60 dB). The layer is hidden x out wide, so float32 costs nothing.
+    """
+    dtype = torch.promote_types(x.dtype, torch.float32)  # float64 stays float64 (the gradient tests)
+    with torch.autocast(x.device.type, enabled=False):
+        bias = None if layer.bias is None else layer.bias.to(dtype)
+        return F.linear(x.to(dtype), layer.weight.to(dtype), bias)
+
+
 class LIIF(nn.Module):
     """Local implicit image function over a feature map; shared by the first stage and the LIIF baseline.
 
@@ -62,6 +75,8 @@ class LIIF(nn.Module):
         self.in_dim = in_dim
         self.feat_unfold = feat_unfold
         self.feat_dim = in_dim * 9 if feat_unfold else in_dim
+        if not hidden:
+            raise ValueError("LIIF hidden: at least one hidden layer (the first runs on the grid, the last in float32)")
         widths = [self.feat_dim + 4, *hidden, out_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
         if zero_init_output:
@@ -100,9 +115,9 @@ class LIIF(nn.Module):
         rel_cell = torch.cat([rel, (cells * size).expand(4, b, n, 2)], dim=-1)  # (4, B, n, 4)
         w_rel_cell = self.layers[0].weight[:, self.feat_dim :]  # (D, 4)
         x = torch.addmm(gathered, rel_cell.reshape(-1, 4).to(gathered.dtype), w_rel_cell.t().to(gathered.dtype))
-        for layer in self.layers[1:]:
-            x = layer(F.relu_(x))  # (4*B*n, hidden...) -> (4*B*n, out); in place: nothing saved the input
-        x = x.reshape(4, b, n, -1)
+        for layer in self.layers[1:-1]:
+            x = layer(F.relu_(x))  # (4*B*n, hidden...); in place: nothing saved the input
+        x = _output_layer(self.layers[-1], F.relu_(x)).reshape(4, b, n, -1)
 
         area = (rel[..., 0] * rel[..., 1]).abs() + 1e-9  # (4, B, n)
         # each neighbour is weighted by the area of the diagonally opposite one: reverse the order

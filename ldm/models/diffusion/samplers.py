@@ -9,7 +9,8 @@ Every sampler is `(model, x, schedule, extra_args=None, callback=None, disable=N
 Returns the sample x_0.
 
 Seeding: the per-step noise is drawn on the CPU from `generator` (a CPU torch.Generator) and
-then moved to x's device, so a fixed seed gives the same numbers on CPU and CUDA.
+then moved to x's device (asynchronously on CUDA), so a fixed seed gives the same numbers on CPU
+and CUDA.
 """
 
 from __future__ import annotations
@@ -52,12 +53,26 @@ def seeded_randn(
     so every image of a batch gets noise of its own whatever else shares the batch.
     """
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device, dtype)
-    rows, n = shape[0], len(generator)
-    if rows % n:
-        raise ValueError(f"seeded_randn: {rows} rows do not split over {n} generators")
-    per = (rows // n, *shape[1:])
-    return torch.cat([torch.randn(per, generator=g, dtype=torch.float32) for g in generator]).to(device, dtype)
+        noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    else:
+        rows, n = shape[0], len(generator)
+        if rows % n:
+            raise ValueError(f"seeded_randn: {rows} rows do not split over {n} generators")
+        per = (rows // n, *shape[1:])
+        noise = torch.cat([torch.randn(per, generator=g, dtype=torch.float32) for g in generator])
+    return to_device_async(noise, torch.device(device)).to(dtype)
+
+
+def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device` without stalling the host: through pinned memory on CUDA.
+
+    A copy from pageable memory waits for the GPU's queue to drain, so drawing each DDIM step's
+    noise on the CPU would stop the host from queueing step i + 1 while step i runs. A pinned
+    copy is queued like a kernel; torch's pinned allocator keeps the buffer until it is done.
+    """
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _steps(

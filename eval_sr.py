@@ -34,6 +34,7 @@ from ldm.evaluation.runner import evaluate
 from ldm.evaluation.scoring import WINDOWS
 from ldm.evaluation.slices import SliceSet, SliceSetError, scan, slice_paths
 from ldm.experiment import Experiment, ExperimentError, load_experiment
+from ldm.precision import PRECISIONS, check_precision
 from ldm.util import ConfigError
 
 # Bad input answers with one line and exit code 2; anything else is a bug and keeps its traceback.
@@ -88,6 +89,8 @@ def get_parser() -> argparse.ArgumentParser:
     run.add_argument("--compare", nargs="+", default=[], metavar="LOGDIR", help="other runs scored side by side")
     run.add_argument("--batch_size", type=int, default=1, help="slices per forward pass")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--precision", default="fp32", metavar="{" + ",".join(PRECISIONS) + "}",
+                     help="bf16: the trained models under bfloat16 autocast (faster on a GPU; default fp32)")
     run.add_argument("--no_ema", action="store_true", help="use the trained weights, not their EMA")
     run.add_argument("--trust_checkpoint", action="store_true",
                      help="allow checkpoints that need arbitrary unpickling (only from a trusted source)")
@@ -113,6 +116,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--device: {err}") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device: CUDA is not available here (use --device cpu)")
+    try:
+        check_precision(args.precision, device)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
 
 
 def select_slices(args: argparse.Namespace, exp: Experiment) -> tuple[SliceSet, dict[str, Any]]:
@@ -144,6 +151,8 @@ def default_out(args: argparse.Namespace, exp: Experiment, protocol: Protocol, l
         parts.append(f"k{args.n_samples}")
     if args.first_k is not None:
         parts.append(f"first{args.first_k}")
+    if args.precision != "fp32":
+        parts.append(args.precision)
     # an exported .safetensors model keeps its evaluations in <file stem>-eval/ beside it
     root = exp.logdir / "eval" if exp.logdir.is_dir() else exp.logdir.with_name(f"{exp.logdir.stem}-eval")
     return root / "_".join(parts)
@@ -200,7 +209,7 @@ def build_methods(args: argparse.Namespace, exp: Experiment, others: list[Experi
             sampling["n_samples"] = args.n_samples
         info = {**run.describe(), **({"sampling": effective_sampling(args, run)} if run.kind == "ldm" else {})}
         methods.append(Method(name, resolver, run.kind, sampling, seeded=run.kind == "ldm",
-                              device=args.device, info=info))
+                              device=args.device, info=info, precision=args.precision))
     return methods
 
 
@@ -232,6 +241,7 @@ def metadata(args: argparse.Namespace, argv: list[str], exp: Experiment, protoco
         "method_info": {m.name: {"kind": m.kind, **m.info} for m in methods},
         "batch_size": args.batch_size,
         "device": str(args.device),
+        "precision": args.precision,
         "command": shlex.join(["python", "eval_sr.py", *argv]),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                      "scikit-image": skimage.__version__, "pillow": PIL.__version__},

@@ -28,6 +28,7 @@ from ldm.evaluation.images import write_sr, write_std
 from ldm.evaluation.protocol import image_seed
 from ldm.experiment import Experiment, ExperimentError, load_experiment
 from ldm.inference import find_inputs, output_size, read_input, super_resolve_slice
+from ldm.precision import PRECISIONS, check_precision
 from ldm.util import ConfigError, run_record, write_json_atomic
 
 SETUP_ERRORS = (ExperimentError, ConfigError, CheckpointMismatchError, UnsafeCheckpointError, ValueError,
@@ -47,6 +48,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_samples", type=int, default=1, help="K LDM samples: SR = their mean, plus a std map")
     p.add_argument("--seed", type=int, default=23, help="each slice derives its own seed from it and its name")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="fp32", metavar="{" + ",".join(PRECISIONS) + "}",
+                   help="bf16: the model under bfloat16 autocast (faster on a GPU; default fp32)")
     p.add_argument("--no_ema", action="store_true", help="use the trained weights, not their EMA")
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow checkpoints that need arbitrary unpickling (only from a trusted source)")
@@ -70,6 +73,7 @@ def check_args(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device: CUDA is not available here (use --device cpu)")
+    check_precision(args.precision, device)
 
 
 def sampling_of(args: argparse.Namespace, exp: Experiment) -> dict[str, object]:
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 claimed[target] = path
                 size = output_size(item.values.shape, args.scale, args.out_size)
                 seeded = {**sampling, "seed": image_seed(args.seed, item.name)} if exp.kind == "ldm" else sampling
-                sr, std = super_resolve_slice(exp.model, item, exp.hu_window, size, seeded, args.device)
+                sr, std = super_resolve_slice(exp.model, item, exp.hu_window, size, seeded, args.device,
+                                              args.precision)
                 write_sr(target, sr, item.kind, exp.hu_window)
                 if std is not None:
                     write_std(out / f"{item.name}_std.png", std, item.kind, exp.hu_window)
@@ -121,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {written} slice(s) to {out}")
     if written:
         write_json_atomic(out / "sr_run.json", run_record(
-            "sr.py", argv, seed=args.seed, sampling={k: v for k, v in sampling.items()}, **exp.describe(),
+            "sr.py", argv, seed=args.seed, sampling={k: v for k, v in sampling.items()}, precision=args.precision,
+            **exp.describe(),
             written=written, failed=failed))
     if failed:
         print(f"failed ({len(failed)}):", file=sys.stderr)

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-DTYPES = ("fp32", "bf16")
+DTYPES = ("fp32", "bf16")  # ldm.precision.PRECISIONS
 
 # LightningModule.log outside a Trainer only warns; the training bench calls training_step directly
 warnings.filterwarnings("ignore", message=r".*self\.log\(\)` but the `self\.trainer` reference.*")
@@ -190,10 +190,11 @@ def bf16_matmul_peak_tflops(device: torch.device, n: int = 8192, warmup: int = 5
 
 
 def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """fp32: nothing; bf16: torch.autocast, as Lightning's precision=bf16-mixed runs a step."""
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    """fp32: nothing; bf16: torch.autocast, as Lightning's precision=bf16-mixed runs a step
+    (ldm.precision: what eval_sr.py and sr.py --precision run too)."""
+    from ldm.precision import autocast as precision_autocast
+
+    return precision_autocast(device, dtype)
 
 
 # -- torch.compile ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 from ldm.data.convert import VOLUME_SUFFIXES, slice_name, volume_stem
 from ldm.data.intensity import SLICE_SUFFIXES, Window, read_slice, to_model_range
 from ldm.data.volumes import is_dicom_file, read_volume, suffix_of
+from ldm.precision import autocast
 
 
 class InputError(ValueError):
@@ -89,9 +90,15 @@ def super_resolve_slice(
     out_size: tuple[int, int],
     sampling: dict[str, object],
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """-> (SR mean (H, W), per-pixel std of the samples (H, W) or None), both in model units on the CPU."""
+    """-> (SR mean (H, W), per-pixel std of the samples (H, W) or None), both in model units on the CPU.
+
+    precision: "fp32" or "bf16" (ldm.precision.autocast around the model).
+    """
     lr = torch.from_numpy(to_model_range(item.values, item.kind, hu_window))[None, None].to(device)
-    samples = model.super_resolve(lr, out_size, **sampling).detach().float().cpu()[0]  # (K, H, W)
+    with autocast(device, precision):
+        samples = model.super_resolve(lr, out_size, **sampling)
+    samples = samples.detach().float().cpu()[0]  # (K, H, W)
     std = samples.std(dim=0, correction=0) if samples.shape[0] > 1 else None
     return samples.mean(dim=0), std

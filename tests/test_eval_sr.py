@@ -374,3 +374,25 @@ def test_tiny_ldm_against_the_tiny_first_stage(capsys, tiny_runs, tmp_path):
     assert list(doc["methods"]) == ["bicubic", "lanczos", "ldm-tiny", "first_stage-tiny"]
     assert doc["steps"] is None
     assert doc["method_info"]["ldm-tiny"]["sampling"] == {"steps": 2, "eta": 1.0, "n_samples": 1}
+
+
+def test_bf16_precision_runs_the_models_under_autocast_and_says_so(capsys, tiny_runs, tmp_path):
+    common = ["--exp", tiny_runs["ldm"], "--compare", tiny_runs["first_stage"], "--lr_size", 16, "--scale_ratio", 4,
+              "--steps", 2, "--first_k", 2]
+    assert run(capsys, *common, "--out", tmp_path / "fp32")[0] == 0
+    rc, _, err = run(capsys, *common, "--precision", "bf16", "--out", tmp_path / "bf16")
+    assert rc == 0, err
+    fp32, bf16 = load_json(tmp_path / "fp32" / "metrics.json"), load_json(tmp_path / "bf16" / "metrics.json")
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    for name in ("bicubic", "lanczos"):  # the interpolation baselines are not models: untouched
+        assert bf16["methods"][name] == fp32["methods"][name]
+    for name in ("first_stage-tiny", "ldm-tiny"):  # the same seeds: bf16 rounding moves PSNR a little
+        assert bf16["methods"][name]["psnr"] == pytest.approx(fp32["methods"][name]["psnr"], abs=0.5)
+    rc, _, err = run(capsys, *common, "--precision", "fp16", "--out", tmp_path / "bad")
+    assert rc == 2 and "--precision" in err
+
+
+def test_bf16_default_out_is_named_apart(capsys, fake_run):
+    assert run(capsys, "--exp", fake_run, "--lr_size", 16, "--scale_ratio", 2, "--precision", "bf16")[0] == 0
+    (out,) = (fake_run / "eval").iterdir()
+    assert out.name.endswith("_bf16")

@@ -137,6 +137,7 @@ def test_dicom_without_pixel_data_is_a_clear_error(capsys, run_dir, tmp_path):
     (["--scale", 1], "--scale: must be > 1"),
     (["--scale", 2, "--out_size", 8, 8], "not both"),
     (["--scale", 2, "--n_samples", 0], "--n_samples"),
+    (["--scale", 2, "--precision", "fp16"], "--precision"),
 ])
 def test_bad_arguments_are_one_line(capsys, run_dir, tmp_path, argv, message):
     write_png16_hu(tmp_path / "s.png", phantom_hu(16))
@@ -162,4 +163,16 @@ def test_the_output_folder_records_what_produced_it(capsys, run_dir, tmp_path):
                    "--out", tmp_path / "out")
     record = json.loads((tmp_path / "out" / "sr_run.json").read_text())
     assert rc == 0 and record["seed"] == 7 and record["command"].startswith("python sr.py --exp")
+    assert record["precision"] == "fp32"
     assert len(record["ckpt_sha256"]) == 64 and len(record["config_sha256"]) == 64 and record["written"] == 1
+
+
+def test_bf16_precision_gives_nearly_the_fp32_slice(capsys, ldm_dir, tmp_path):
+    write_png16_hu(tmp_path / "s.png", phantom_hu(16))
+    for precision in ("fp32", "bf16"):
+        rc, _, err = run(capsys, "--exp", ldm_dir, "--input", tmp_path / "s.png", "--scale", 2, "--steps", 2,
+                         "--precision", precision, "--out", tmp_path / precision)
+        assert rc == 0, err
+    fp32, bf16 = (read_slice(tmp_path / p / "s.png")[0] for p in ("fp32", "bf16"))
+    assert fp32.shape == bf16.shape == (32, 32)
+    assert np.abs(fp32 - bf16).mean() < 20  # HU: the same seed, only bf16 rounding in between

@@ -17,6 +17,7 @@ from PIL import Image
 from ldm.data.degradation import upsample
 from ldm.data.intensity import Window, hu_window, unit_to_hu
 from ldm.models.base import SuperResolver, check_out_size
+from ldm.precision import autocast
 
 
 class BicubicBaseline:
@@ -70,6 +71,7 @@ class Method:
     sampling: keyword arguments of super_resolve (steps, eta, n_samples for an LDM).
     seeded: pass each image's seed (stochastic samplers), so a result does not depend on the batch.
     info: provenance written to metrics.json (kind, log dir, checkpoint sha256 ...).
+    precision: "fp32" or "bf16" for the trained models; the interpolation baselines stay fp32.
     """
 
     name: str
@@ -79,6 +81,7 @@ class Method:
     seeded: bool = False
     device: str | torch.device = "cpu"
     info: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"  # ldm.precision: bf16 runs the model under autocast
 
     @torch.no_grad()
     def __call__(self, lr: torch.Tensor, out_size: tuple[int, int], seeds: Sequence[int]) -> torch.Tensor:
@@ -86,7 +89,8 @@ class Method:
         kwargs = dict(self.sampling)
         if self.seeded:
             kwargs["seed"] = [int(s) for s in seeds]
-        sr = self.resolver.super_resolve(lr.to(self.device), out_size, **kwargs)
+        with autocast(self.device, self.precision):
+            sr = self.resolver.super_resolve(lr.to(self.device), out_size, **kwargs)
         expected = (lr.shape[0], *out_size)
         if sr.ndim != 4 or (sr.shape[0], *sr.shape[-2:]) != expected:
             raise RuntimeError(

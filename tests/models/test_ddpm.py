@@ -294,3 +294,14 @@ def test_a_list_of_seeds_makes_each_image_independent_of_its_batch(model):
                        for i, s in enumerate([5, 6, 7])])
     assert torch.allclose(together, alone, atol=1e-5)
     assert not torch.allclose(together[0], together[1])
+
+
+def test_the_loss_encodes_target_and_condition_as_separate_passes_would(model):
+    """One encoder pass over [hr, upsampled lr] gives each latent what its own pass gives."""
+    batch = make_batch(n=3)
+    t = torch.tensor([5, 500, 999])
+    noise = torch.randn(3, model.unet.out_channels, 16, 16, generator=torch.Generator().manual_seed(1))
+    size = tuple(batch["hr"].shape[-2:])
+    z0, cond = model.encode(batch["hr"]), model.condition(batch["lr"], size)
+    expected = F.mse_loss(model.denoise(model.schedule.q_sample(z0, t, noise), t, cond), noise)
+    assert torch.allclose(model.loss(batch, t, noise), expected, rtol=1e-5, atol=1e-7)

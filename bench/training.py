@@ -11,7 +11,8 @@ update (on_train_batch_end). Batches are random smooth slices at the config's si
 batch_size, resize, the val_scale LR, the middle of gt_size_range; LIIF: lr_size x val_scale).
 Stages: stage1 = ImplicitAutoencoder; stage2 = LatentDiffusionSR (only the UNet trains, the first
 stage is frozen); stage3 = the alignment fine-tune (UNet through the fixed decoder); liif = the
-EDSR-LIIF baseline.
+EDSR-LIIF baseline; unet = stage 2's step on ready latents (LatentDiffusionSR.latent_loss: the UNet
+alone, as if the frozen encoder's latents were cached), issue 8's "UNet MFU".
 FLOPs per step: torch.utils.flop_counter over one step after a first one (forward and backward:
 matmuls, convolutions, attention), also per top-level module class (flops_by_module: e.g. the
 frozen Encoder vs the UNetModel of stage 2). MFU = FLOPs per step / median step time / the
@@ -24,7 +25,7 @@ import argparse
 import contextlib
 import itertools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ STAGES = {
     "stage3": ("configs/latent-diffusion/ct256-f4-align.yaml", "configs/latent-diffusion/ct-tiny-align.yaml"),
     "liif": ("configs/baselines/liif-edsr.yaml", "configs/baselines/liif-tiny.yaml"),
 }
+# the stage-2 UNet alone on ready latents: what a stage-2 step costs without the frozen encoder
+STAGES["unet"] = STAGES["stage2"]
 
 COLUMNS = [
     ("stage", "stage", ""), ("batch", "batch", "d"), ("dtype", "dtype", ""), ("compile", "compile", ""),
@@ -113,6 +116,30 @@ def hot_parts(model: Any) -> list[tuple[object, str]]:
     return parts + [(model.liif, "_query")]
 
 
+def unet_step(model: Any, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
+              scheduler: Any) -> tuple[Callable[[], None], dict[str, Any]]:
+    """Stage 2's step on ready latents (random, unit variance like scaled ones): t, noise,
+    LatentDiffusionSR.latent_loss, backward, optimiser and EMA. -> (step, the latents' shapes)."""
+    f = model.first_stage.downsample_factor
+    b, _, h, w = batch["hr"].shape
+    g = torch.Generator().manual_seed(0)
+    shape = (b, model.unet.out_channels, h // f, w // f)
+    z0, cond = (torch.randn(shape, generator=g).to(batch["hr"].device) for _ in range(2))
+
+    def step() -> None:
+        t = torch.randint(0, model.schedule.num_timesteps, (b,), device=z0.device)
+        noise = torch.randn_like(z0)
+        optimizer.zero_grad(set_to_none=True)
+        loss = model.latent_loss(z0, cond, t, noise)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        model.on_train_batch_end(loss, batch, 0)
+
+    return step, {"latent": list(shape[-2:])}
+
+
 def bench_stage(args: argparse.Namespace, stage: str, peak: float | None,
                 compile_errors: dict[str, str]) -> list[dict[str, Any]]:
     device = torch.device(args.device)
@@ -135,6 +162,10 @@ def bench_stage(args: argparse.Namespace, stage: str, peak: float | None,
             scheduler.step()
         model.on_train_batch_end(loss, batch, 0)
 
+    if stage == "unet":
+        step, latents = unet_step(model, batch, optimizer, scheduler)
+        batch = {**batch, **latents}
+
     step()  # one-off work stays out of the count (the LDM encodes a batch for its latent scale first)
     flops, per_module = count_flops(step)  # the same ops in fp32 and under autocast
     by_module = {name: n for name, n in per_module.items() if name != "Global"}
@@ -147,7 +178,8 @@ def bench_stage(args: argparse.Namespace, stage: str, peak: float | None,
         compiling = compiled(hot_parts(model), run, args.compile_mode) if use_compile else contextlib.nullcontext(None)
         row: dict[str, Any] = {"stage": stage, "config": config, "batch": batch_size, "dtype": dtype,
                                "compile": use_compile, "hr": list(batch["hr"].shape[-2:]),
-                               "lr": list(batch["lr"].shape[-2:]), "gt": list(batch["gt"].shape[-2:]), "status": "ok"}
+                               "lr": list(batch["lr"].shape[-2:]), "gt": list(batch["gt"].shape[-2:]),
+                               "latent": batch.get("latent"), "status": "ok"}
         with compiling as error:
             if error:
                 compile_errors[f"{stage} {dtype}"] = error

@@ -96,6 +96,16 @@ def test_training_rows_count_flops(tmp_path):
     assert sum(stage2.values()) == doc["rows"][1]["flops_per_step"]
 
 
+def test_the_unet_stage_times_the_stage2_step_without_the_encoder(tmp_path):
+    doc = run(training, tmp_path, "--dtype", "fp32", "--stages", "stage2", "unet")
+    stage2, unet = doc["rows"]
+    assert unet["stage"] == "unet" and unet["latent"] == [s // 4 for s in stage2["hr"]]  # ct-tiny: f = 4
+    positive(unet, "step_s", "images_per_s", "flops_per_step")
+    # the same UNet work as stage 2's, the encoder's share gone
+    assert set(unet["flops_by_module"]) == {"UNetModel"}
+    assert unet["flops_per_step"] == stage2["flops_by_module"]["UNetModel"]
+
+
 def test_compile_failure_falls_back_to_eager_and_restores():
     class Owner:
         def forward(self):

@@ -240,16 +240,24 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         # the HR target and the condition through the frozen encoder in one pass: half the launches,
         # twice the batch (GroupNorm is per sample, so each latent is what a separate pass gives)
         z0, cond = self.encode(torch.cat([hr, upsample(lr, size, self.cond_upsample)])).chunk(2)  # (B, C, h, w) each
+        if not self.alignment:
+            return self.latent_loss(z0, cond, t, noise)
         z_t = self.schedule.q_sample(z0, t, noise)
         out = self.denoise(z_t, t, cond)
-        if not self.alignment:
-            target = noise if self.parameterization == "eps" else self.schedule.get_v(z0, noise, t)
-            return F.mse_loss(out, target)
         eps = out if self.parameterization == "eps" else self.schedule.predict_noise_from_v(z_t, t, out)
         x0_hat = self.schedule.predict_start_from_noise(z_t, t, eps)
         sr = self.decode(x0_hat, size, lr)  # (B, 1, H, W), gradients through the fixed decoder
         weights = alignment_weights(self.schedule.alphas_cumprod[t], self.align_weight_max)
         return alignment_loss(x0_hat, z0, sr, hr, weights)
+
+    def latent_loss(self, z0: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Stage 2's loss on latents: MSE of the UNet's eps (or v) at z_t = q_sample(z0, t, noise).
+
+        All of a stage-2 step but the frozen encoder; bench/training.py times it alone (stage 'unet').
+        """
+        out = self.denoise(self.schedule.q_sample(z0, t, noise), t, cond)
+        target = noise if self.parameterization == "eps" else self.schedule.get_v(z0, noise, t)
+        return F.mse_loss(out, target)
 
     def _latent_shape(self, hr: torch.Tensor) -> tuple[int, ...]:
         f = self.first_stage.downsample_factor

@@ -3,99 +3,215 @@
 #
 #     bash bench/gpu_measure.sh [OUT]            # OUT defaults to bench/out
 #
-#  1. the speed benches that need no trained weights: bench/decoder.py, bench/training.py
-#  2. the sample CT and the patient-wise split (chest_lung2 held out for testing)
-#  3. training on fixed wall-clock budgets (Lightning max_time; a config's max_steps still stops a
-#     run that is faster): stage 1 (ct256-f4), the LIIF baseline with and without the LR skip,
-#     stage 2 (ct256-f4) on the stage-1 checkpoint, stage 3 (alignment) from stage 2;
-#     all with --gpus 0, --scale_lr False --precision bf16-mixed
-#  4. eval_sr.py: LR 64 px at x2 x3.5 x4 x6 x8; bicubic, Lanczos, both LIIFs and the first stage
-#     beside the LDM (1 sample and the mean of 8, 50 DDIM steps), and the LDM after stage 3
-#  5. bench/sampling.py on the trained stage-2 run and real test slices (speed and step-PSNR)
-# Everything lands under OUT: logs/ (training runs), eval/, *.json, gpu_measure.log.
-# A re-run reuses finished training runs (FRESH=1 retrains); budgets can be overridden from the
-# environment, e.g. STAGE2_TIME=00:01:00:00 bash bench/gpu_measure.sh.
-set -euo pipefail
+# Parts, in this order (PARTS picks and orders them):
+#   benches   bench/decoder.py and bench/training.py (random weights)
+#   data      the sample CT and the patient-wise split (chest_lung2 held out for testing)
+#   train     training on wall-clock budgets (Lightning max_time; a config's max_steps still stops a
+#             faster run): stage 1, the LIIF baseline without and with the LR skip, stage 2 on the
+#             stage-1 checkpoint, stage 3 (alignment) from stage 2 (TRAIN picks which)
+#   eval      eval_sr.py at LR 64 px, x2 x3.5 x4 x6 x8: bicubic, Lanczos, the LIIFs and the first stage
+#             beside the LDM (1 sample and the mean of 8, 50 DDIM steps) and the LDM after stage 3
+#   sampling  bench/sampling.py on the trained stage-2 run and real test slices
+# Everything lands under OUT: logs/ (training runs), eval/, *.json, runs.txt, gpu_measure.log, and
+# DONE when the last part has finished. A re-run reuses finished training runs (FRESH=1 retrains).
+#
+# Environment (defaults in brackets):
+#   PARTS ["benches data train eval sampling"]   TRAIN ["s1 liif liif-skip s2 s3"]
+#   STAGE1_TIME [00:00:10:00]  LIIF_TIME [00:00:10:00] (each LIIF run)  STAGE2_TIME [00:00:30:00]
+#   STAGE3_TIME [00:00:10:00]  (DD:HH:MM:SS)
+#   DECODER_ARGS, TRAINING_ARGS, SAMPLING_ARGS, EVAL_ARGS: extra flags for those scripts (fewer rows)
+#   EVAL_STEPS [50]  EVAL_SCALES ["2 3.5 4 6 8"]  EVAL_LR [64]  EVAL_PRECISION [bf16]  EVAL_BATCH [16]
+#   DATA_DIR [data] (slices in DATA_DIR/CT, split lists beside them)  FETCH [1] (0: use DATA_DIR/CT as is)
+#   CONFIG_S1, CONFIG_LIIF, CONFIG_S2, CONFIG_S3: the configs (default the ct256-f4 / liif-edsr GPU ones)
+#   TRAIN_FLAGS ["--gpus 0, --precision bf16-mixed"]  DEVICE [cuda]  PYTHON [python]
+#   PACK_TO: after every part, copy gpu_measure.log and a results.tgz of OUT's small files there
+#            (no checkpoints or images): the device tool's $OUT takes 8 files at most.
+# With no time limit, the defaults take about two hours on one H100 (an estimate from the budgets).
+# Under a 10-minute-per-call device (/work/.library/device), see BENCHMARKS.md, "On the lent device".
+set -Eeuo pipefail
 
-# Wall-clock budgets per training run, DD:HH:MM:SS (Lightning's max_time).
+PARTS=${PARTS:-"benches data train eval sampling"}
+TRAIN=${TRAIN:-"s1 liif liif-skip s2 s3"}
 STAGE1_TIME=${STAGE1_TIME:-00:00:10:00}
 LIIF_TIME=${LIIF_TIME:-00:00:10:00}       # each of the two LIIF runs (the 7-minute H100 table's regime)
 STAGE2_TIME=${STAGE2_TIME:-00:00:30:00}
 STAGE3_TIME=${STAGE3_TIME:-00:00:10:00}
 EVAL_STEPS=${EVAL_STEPS:-50}
 EVAL_SCALES=${EVAL_SCALES:-"2 3.5 4 6 8"}
+EVAL_LR=${EVAL_LR:-64}
+EVAL_PRECISION=${EVAL_PRECISION:-bf16}
+EVAL_BATCH=${EVAL_BATCH:-16}
+DATA_DIR=${DATA_DIR:-data}
+FETCH=${FETCH:-1}
+CONFIG_S1=${CONFIG_S1:-configs/first-stage/ct256-f4.yaml}
+CONFIG_LIIF=${CONFIG_LIIF:-configs/baselines/liif-edsr.yaml}
+CONFIG_S2=${CONFIG_S2:-configs/latent-diffusion/ct256-f4.yaml}
+CONFIG_S3=${CONFIG_S3:-configs/latent-diffusion/ct256-f4-align.yaml}
+TRAIN_FLAGS=${TRAIN_FLAGS:-"--gpus 0, --precision bf16-mixed"}
+DEVICE=${DEVICE:-cuda}
 FRESH=${FRESH:-0}
 PY=${PYTHON:-python}
-
-cd "$(dirname "$0")/.."
-OUT=${1:-bench/out}
-LOGS="$OUT/logs"
-mkdir -p "$OUT" "$LOGS"
-exec > >(tee -a "$OUT/gpu_measure.log") 2>&1
+PACK_TO=${PACK_TO:-}
 
 banner() { printf '\n=== %s  [%s]\n' "$1" "$(date -u +%FT%TZ)"; }
 run() { echo "\$ $*"; "$@"; }
+wants() { [[ " $1 " == *" $2 "* ]]; }
 
-banner "the card"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/nvidia-smi.csv"
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU visible'; print(torch.__version__, torch.cuda.get_device_name())"
-git rev-parse --short HEAD 2>/dev/null || echo "commit unknown"
+# pack: the small files of OUT (JSON, CSV, logs, configs; no checkpoints or images) into PACK_TO
+pack() {
+    [[ -n "$PACK_TO" ]] || return 0
+    mkdir -p "$PACK_TO"
+    (cd "$OUT" && find . -type f \( -name '*.json' -o -name '*.csv' -o -name '*.txt' -o -name '*.log' \
+        -o -name '*.yaml' -o -name 'DONE' \) -size -4M -print0 | tar czf "$PACK_TO/results.tgz.part" --null -T -)
+    mv "$PACK_TO/results.tgz.part" "$PACK_TO/results.tgz"
+    cp "$OUT/gpu_measure.log" "$PACK_TO/gpu_measure.log"
+}
 
-banner "1/5 decoder and training benches (random weights)"
-run "$PY" bench/decoder.py --compile --out "$OUT/decoder.json"
-run "$PY" bench/training.py --stages stage1 stage2 stage3 liif --compile --out "$OUT/training.json"
+# latest NAME -> the newest run dir of that name under LOGS, or nothing
+latest() { find "$LOGS" -mindepth 1 -maxdepth 1 -type d -name "*_$1" 2>/dev/null | sort | tail -n 1; }
 
-banner "2/5 sample CT and patient-wise split"
-run "$PY" -m ldm.data.sample --out data/CT
-if [[ -f data/train.txt && -f data/val.txt && -f data/test.txt ]]; then
-    echo "reusing data/{train,val,test}.txt (delete them to split again)"
-else
-    run "$PY" split.py --root data/CT --out data --test_patients chest_lung2
-fi
-
-# train NAME CONFIG MAX_TIME [dotlist...] -> prints the run dir (last line); reuses a finished run
+# train NAME CONFIG MAX_TIME [dotlist...]: trains unless a finished run exists (FRESH=1 retrains)
 train() {
     local name=$1 config=$2 budget=$3
     shift 3
     local done_run
-    done_run=$(ls -d "$LOGS"/*_"$name" 2>/dev/null | sort | tail -n 1 || true)
+    done_run=$(latest "$name")
     if [[ "$FRESH" != 1 && -n "$done_run" && -f "$done_run/checkpoints/DONE" ]]; then
-        echo "reusing finished run $done_run (FRESH=1 retrains)" >&2
-        echo "$done_run"
+        echo "reusing finished run $done_run (FRESH=1 retrains)"
         return
     fi
-    echo "\$ main.py --base $config -n $name (max_time $budget) $*" >&2
-    "$PY" main.py --base "$config" -t -n "$name" -l "$LOGS" --gpus 0, --scale_lr False --precision bf16-mixed \
-        "lightning.trainer.max_time=$budget" "$@" >&2
-    done_run=$(ls -d "$LOGS"/*_"$name" | sort | tail -n 1)
+    # shellcheck disable=SC2086  # TRAIN_FLAGS is a list of flags
+    run "$PY" main.py --base "$config" -t -n "$name" -l "$LOGS" $TRAIN_FLAGS --scale_lr False \
+        "lightning.trainer.max_time=$budget" "data.params.root=$DATA_DIR/CT" \
+        "data.params.train_list=$DATA_DIR/train.txt" "data.params.val_list=$DATA_DIR/val.txt" \
+        "data.params.test_list=$DATA_DIR/test.txt" "$@"
+    done_run=$(latest "$name")
     echo "budget $budget" > "$done_run/checkpoints/DONE"
-    echo "$done_run"
 }
 
-banner "3/5 training (stage 1 $STAGE1_TIME, LIIF 2 x $LIIF_TIME, stage 2 $STAGE2_TIME, stage 3 $STAGE3_TIME)"
-S1=$(train s1-ct256-f4 configs/first-stage/ct256-f4.yaml "$STAGE1_TIME" | tail -n 1)
-LIIF=$(train liif-edsr configs/baselines/liif-edsr.yaml "$LIIF_TIME" | tail -n 1)
-LIIF_SKIP=$(train liif-edsr-skip configs/baselines/liif-edsr.yaml "$LIIF_TIME" model.params.lr_skip=true | tail -n 1)
-S2=$(train s2-ct256-f4 configs/latent-diffusion/ct256-f4.yaml "$STAGE2_TIME" \
-    "model.params.first_stage_config.params.ckpt_path=$S1/checkpoints/last.ckpt" | tail -n 1)
-S3=$(train s3-ct256-f4-align configs/latent-diffusion/ct256-f4-align.yaml "$STAGE3_TIME" \
-    "model.params.ckpt_path=$S2/checkpoints/last.ckpt" | tail -n 1)
-printf 'stage 1: %s\nLIIF: %s\nLIIF+skip: %s\nstage 2: %s\nstage 3: %s\n' "$S1" "$LIIF" "$LIIF_SKIP" "$S2" "$S3" \
-    | tee "$OUT/runs.txt"
+part_benches() {
+    banner "benches: decoder and training (random weights)"
+    # shellcheck disable=SC2086  # *_ARGS are lists of flags
+    run "$PY" bench/decoder.py --compile --device "$DEVICE" --out "$OUT/decoder.json" ${DECODER_ARGS:-}
+    # shellcheck disable=SC2086
+    run "$PY" bench/training.py --stages stage1 stage2 unet stage3 liif --compile --device "$DEVICE" \
+        --out "$OUT/training.json" ${TRAINING_ARGS:-}
+}
 
-banner "4/5 eval_sr.py (LR 64 px, x${EVAL_SCALES// / x}, $EVAL_STEPS DDIM steps)"
-# shellcheck disable=SC2086  # EVAL_SCALES is a list
-EVAL=("$PY" eval_sr.py --lr_size 64 --scale_ratio $EVAL_SCALES --steps "$EVAL_STEPS" --device cuda --overwrite --no_progress)
-run "${EVAL[@]}" --exp "$S2" --n_samples 8 --compare "$LIIF" "$LIIF_SKIP" "$S1" --out "$OUT/eval/ldm-mean8"
-run "${EVAL[@]}" --exp "$S2" --n_samples 1 --out "$OUT/eval/ldm-1sample"
-run "${EVAL[@]}" --exp "$S3" --n_samples 1 --out "$OUT/eval/align-1sample"
-run "${EVAL[@]}" --exp "$S3" --n_samples 8 --out "$OUT/eval/align-mean8"
+part_data() {
+    banner "data: sample CT and patient-wise split"
+    if [[ "$FETCH" == 1 ]]; then
+        run "$PY" -m ldm.data.sample --out "$DATA_DIR/CT"
+    fi
+    if [[ -f "$DATA_DIR/train.txt" && -f "$DATA_DIR/val.txt" && -f "$DATA_DIR/test.txt" ]]; then
+        echo "reusing $DATA_DIR/{train,val,test}.txt (delete them to split again)"
+    else
+        run "$PY" split.py --root "$DATA_DIR/CT" --out "$DATA_DIR" --test_patients chest_lung2
+    fi
+}
 
-banner "5/5 sampling bench on the trained stage-2 run and real test slices"
-run "$PY" bench/sampling.py --exp "$S2" --data_root data/CT --list data/test.txt --compile --out "$OUT/sampling.json"
-# batch-1 latency with CUDA graphs (reduce-overhead): many small launches per DDIM step
-run "$PY" bench/sampling.py --exp "$S2" --data_root data/CT --list data/test.txt --compile \
-    --compile_mode reduce-overhead --dtype bf16 --steps 25 50 --batch 1 --out "$OUT/sampling-cudagraphs.json"
+part_train() {
+    banner "train: $TRAIN (stage 1 $STAGE1_TIME, LIIF $LIIF_TIME each, stage 2 $STAGE2_TIME, stage 3 $STAGE3_TIME)"
+    if wants "$TRAIN" s1; then train s1 "$CONFIG_S1" "$STAGE1_TIME"; fi
+    if wants "$TRAIN" liif; then train liif "$CONFIG_LIIF" "$LIIF_TIME"; fi
+    if wants "$TRAIN" liif-skip; then train liif-skip "$CONFIG_LIIF" "$LIIF_TIME" model.params.lr_skip=true; fi
+    if wants "$TRAIN" s2; then
+        local s1
+        s1=$(latest s1)
+        [[ -n "$s1" ]] || { echo "stage 2 needs a stage-1 run (TRAIN must include s1)"; exit 2; }
+        train s2 "$CONFIG_S2" "$STAGE2_TIME" \
+            "model.params.first_stage_config.params.ckpt_path=$s1/checkpoints/last.ckpt"
+    fi
+    if wants "$TRAIN" s3; then
+        local s2
+        s2=$(latest s2)
+        [[ -n "$s2" ]] || { echo "stage 3 needs a stage-2 run (TRAIN must include s2)"; exit 2; }
+        train s3 "$CONFIG_S3" "$STAGE3_TIME" "model.params.ckpt_path=$s2/checkpoints/last.ckpt"
+    fi
+    for name in s1 liif liif-skip s2 s3; do
+        printf '%s: %s\n' "$name" "$(latest "$name")"
+    done | tee "$OUT/runs.txt"
+}
 
-banner "done"
-echo "runs: $OUT/runs.txt; quality tables: $OUT/eval/*/summary.json; speed: $OUT/{decoder,training,sampling}.json"
+part_eval() {
+    banner "eval: LR $EVAL_LR px, x${EVAL_SCALES// / x}, $EVAL_STEPS DDIM steps, $EVAL_PRECISION"
+    local s1 liif liif_skip s2 s3
+    s1=$(latest s1); liif=$(latest liif); liif_skip=$(latest liif-skip); s2=$(latest s2); s3=$(latest s3)
+    local regress=() run_dir
+    for run_dir in "$liif" "$liif_skip" "$s1"; do
+        if [[ -n "$run_dir" ]]; then regress+=("$run_dir"); fi
+    done
+    # shellcheck disable=SC2206  # EVAL_SCALES and EVAL_ARGS are word lists
+    local ev=("$PY" eval_sr.py --lr_size "$EVAL_LR" --scale_ratio $EVAL_SCALES --steps "$EVAL_STEPS"
+        --device "$DEVICE" --precision "$EVAL_PRECISION" --batch_size "$EVAL_BATCH" --data_root "$DATA_DIR/CT"
+        --list "$DATA_DIR/test.txt" --overwrite --no_progress ${EVAL_ARGS:-})
+    if [[ -n "$s2" ]]; then
+        # the table's main source: bicubic, Lanczos, the regressions and the LDM's mean of 8
+        local compare=()
+        if [[ ${#regress[@]} -gt 0 ]]; then compare=(--compare "${regress[@]}"); fi
+        run "${ev[@]}" --exp "$s2" --n_samples 8 "${compare[@]}" --out "$OUT/eval/ldm-mean8"
+        run "${ev[@]}" --exp "$s2" --n_samples 1 --out "$OUT/eval/ldm-1sample"
+    elif [[ ${#regress[@]} -gt 0 ]]; then
+        # no LDM: the regressions side by side, the first one found as --exp
+        local compare=()
+        if [[ ${#regress[@]} -gt 1 ]]; then compare=(--compare "${regress[@]:1}"); fi
+        run "${ev[@]}" --exp "${regress[0]}" "${compare[@]}" --out "$OUT/eval/regressions"
+    else
+        echo "no trained run to evaluate (part train first)"
+    fi
+    if [[ -n "$s3" ]]; then
+        run "${ev[@]}" --exp "$s3" --n_samples 1 --out "$OUT/eval/align-1sample"
+        run "${ev[@]}" --exp "$s3" --n_samples 8 --out "$OUT/eval/align-mean8"
+    fi
+}
+
+part_sampling() {
+    banner "sampling: bench on the trained stage-2 run and real test slices"
+    local s2
+    s2=$(latest s2)
+    [[ -n "$s2" ]] || { echo "no stage-2 run (part train with s2 first)"; return 0; }
+    local common=("$PY" bench/sampling.py --exp "$s2" --data_root "$DATA_DIR/CT" --list "$DATA_DIR/test.txt"
+        --device "$DEVICE" --compile)
+    # shellcheck disable=SC2086
+    run "${common[@]}" --out "$OUT/sampling.json" ${SAMPLING_ARGS:-}
+    if [[ "$DEVICE" == cuda* ]]; then
+        # batch-1 latency with CUDA graphs (reduce-overhead): many small launches per DDIM step
+        run "${common[@]}" --compile_mode reduce-overhead --dtype bf16 --steps 25 50 --batch 1 \
+            --out "$OUT/sampling-cudagraphs.json"
+    fi
+}
+
+main() {
+    cd "$(dirname "$0")/.."
+    OUT=${1:-bench/out}
+    LOGS="$OUT/logs"
+    mkdir -p "$OUT" "$LOGS"
+    rm -f "$OUT/DONE"
+    exec > >(tee -a "$OUT/gpu_measure.log") 2>&1
+    trap 'echo "FAILED (exit $?) at line $LINENO"; pack' ERR
+
+    banner "the card"
+    if [[ "$DEVICE" == cuda* ]]; then
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv \
+            | tee "$OUT/nvidia-smi.csv"
+        "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU visible'; print(torch.__version__, torch.cuda.get_device_name())"
+    fi
+    git rev-parse --short HEAD 2>/dev/null || echo "commit unknown"
+    echo "PARTS=$PARTS TRAIN=$TRAIN"
+
+    for part in $PARTS; do
+        case $part in
+            benches | data | train | eval | sampling) "part_$part" ;;
+            *) echo "PARTS: unknown part '$part' (benches data train eval sampling)"; exit 2 ;;
+        esac
+        pack
+    done
+    banner "done"
+    echo "runs: $OUT/runs.txt; quality tables: $OUT/eval/*/summary.json; speed: $OUT/{decoder,training,sampling}.json"
+    date -u +%FT%TZ > "$OUT/DONE"
+    pack
+}
+
+# the whole file is read before anything runs: a script replaced on disk mid-run cannot change it
+main "$@"
+exit

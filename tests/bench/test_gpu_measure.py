@@ -1,0 +1,76 @@
+"""bench/gpu_measure.sh on the CPU with the tiny configs, and bench/quality_table.py on what it writes.
+
+The GPU run is the same script with its defaults; this checks that the parts hand run dirs to each
+other, that a run without some stages still evaluates what it has, and that PACK_TO holds the results.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bench import quality_table
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures" / "CT"
+TINY = {
+    "CONFIG_S1": "configs/first-stage/ct-tiny.yaml", "CONFIG_LIIF": "configs/baselines/liif-tiny.yaml",
+    "CONFIG_S2": "configs/latent-diffusion/ct-tiny.yaml", "CONFIG_S3": "configs/latent-diffusion/ct-tiny-align.yaml",
+    "TRAIN_FLAGS": "--precision 32", "DEVICE": "cpu", "FETCH": "0", "EVAL_LR": "16", "EVAL_SCALES": "2 4",
+    "EVAL_STEPS": "2", "EVAL_PRECISION": "fp32", "EVAL_BATCH": "4", "OMP_NUM_THREADS": "1",
+}
+
+
+def gpu_measure(tmp_path, **env):
+    data = tmp_path / "data"
+    if not data.exists():
+        shutil.copytree(FIXTURES, data / "CT")
+    python_dir = str(Path(sys.executable).parent)
+    full_env = {**os.environ, **TINY, "DATA_DIR": str(data), "PACK_TO": str(tmp_path / "pack"),
+                "PATH": f"{python_dir}:{os.environ.get('PATH', '')}", "PYTHON": sys.executable, **env}
+    return subprocess.run(["bash", str(REPO / "bench" / "gpu_measure.sh"), str(tmp_path / "out")], env=full_env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_data_train_eval_hand_over_and_pack(tmp_path):
+    proc = gpu_measure(tmp_path, PARTS="data train eval", TRAIN="s1 liif-skip s2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    out = tmp_path / "out"
+    runs = dict(line.split(": ", 1) for line in (out / "runs.txt").read_text().splitlines())
+    assert runs["s1"] and runs["liif-skip"] and runs["s2"] and not runs["liif"] and not runs["s3"]
+    assert (Path(runs["s2"]) / "checkpoints" / "DONE").is_file()
+    mean8 = json.loads((out / "eval" / "ldm-mean8" / "summary.json").read_text())
+    assert mean8["precision"] == "fp32" and mean8["n_samples"] == 8
+    assert set(mean8["scales"]["x4"]["methods"]) == {"bicubic", "lanczos", "liif-skip", "s1", "s2"}
+    assert (out / "eval" / "ldm-1sample" / "summary.json").is_file() and (out / "DONE").is_file()
+
+    # what the device tool brings back: the log and one archive of the small files, no checkpoints
+    assert sorted(p.name for p in (tmp_path / "pack").iterdir()) == ["gpu_measure.log", "results.tgz"]
+    with tarfile.open(tmp_path / "pack" / "results.tgz") as tar:
+        names = tar.getnames()
+    assert "./eval/ldm-mean8/summary.json" in names and "./runs.txt" in names and "./DONE" in names
+    assert not [n for n in names if n.endswith((".ckpt", ".png"))]
+
+    # a second run reuses the finished runs and the split
+    again = gpu_measure(tmp_path, PARTS="data train", TRAIN="s1")
+    assert again.returncode == 0 and "reusing finished run" in again.stdout and "reusing" in again.stdout
+
+    # the table and the goals from those folders
+    table = quality_table.read_results([out / "eval"])
+    assert {("bicubic", 1), ("liif-skip", 1), ("s1", 1), ("s2", 1), ("s2", 8)} <= set(table)
+    assert set(table[("s2", 8)]) == {2.0, 4.0}
+    text = quality_table.markdown(table)
+    assert "| LDM, mean of 8 |" in text and "| LIIF + LR skip |" in text
+    names = [g["goal"] for g in quality_table.goals(table)]
+    assert "LDM, mean of 8 LR-consistency >= 60 dB at x4" in names
+
+
+def test_an_unknown_part_is_refused(tmp_path):
+    proc = gpu_measure(tmp_path, PARTS="warmup")
+    assert proc.returncode == 2 and "unknown part 'warmup'" in proc.stdout

@@ -1,0 +1,59 @@
+"""bench/quality_table.py: the BENCHMARKS table and issue 8's goals from eval_sr.py summaries."""
+
+import json
+
+from bench import quality_table
+
+
+def metrics(psnr, ssim=0.95, mae_hu=10.0, lr_psnr=65.0):
+    return {"psnr": psnr, "ssim": ssim, "mae_hu": mae_hu, "lr_psnr": lr_psnr, "psnr_soft": psnr - 15}
+
+
+def write_summary(folder, n_samples, methods_by_scale, kinds):
+    folder.mkdir(parents=True)
+    scales = {f"x{s:g}": {"scale_ratio": s, "methods": m} for s, m in methods_by_scale.items()}
+    doc = {"scales": scales, "n_samples": n_samples, "method_info": {name: {"kind": k} for name, k in kinds.items()}}
+    (folder / "summary.json").write_text(json.dumps(doc))
+    for s, m in methods_by_scale.items():  # the per-scale copies eval_sr.py writes too: not read twice
+        (folder / f"x{s:g}").mkdir()
+        (folder / f"x{s:g}" / "metrics.json").write_text(json.dumps({"scale_ratio": s, "methods": m}))
+
+
+KINDS = {"bicubic": "bicubic", "liif": "liif", "liif-skip": "liif", "s2": "ldm"}
+
+
+def test_rows_cells_and_goals(tmp_path, capsys):
+    write_summary(tmp_path / "ldm-mean8", 8, {
+        2.0: {"bicubic": metrics(51.0, 0.99, 6.0), "liif": metrics(57.0, 0.998, 4.0),
+              "liif-skip": metrics(61.0, 0.999, 2.5), "s2": metrics(61.2, 0.999, 2.4, 70.0)},
+        4.0: {"bicubic": metrics(40.0, 0.97, 20.0), "liif": metrics(46.0), "liif-skip": metrics(47.0),
+              "s2": metrics(46.9, 0.99, 9.0, 59.0)},
+    }, KINDS)
+    write_summary(tmp_path / "ldm-1sample", 1, {2.0: {"bicubic": metrics(51.0, 0.99, 6.0), "s2": metrics(60.0)}},
+                  {"bicubic": "bicubic", "s2": "ldm"})
+    table = quality_table.read_results([tmp_path])
+    assert set(table) == {("bicubic", 1), ("liif", 1), ("liif-skip", 1), ("s2", 8), ("s2", 1)}
+    text = quality_table.markdown(table)
+    assert text.splitlines()[0] == "| method | x2 | x4 |"
+    assert "| LDM, mean of 8 | 61.20 / 0.999 / 2.4 / 46.20 / 70.0 | 46.90 / 0.990 / 9.0 / 31.90 / 59.0 |" in text
+    assert text.index("bicubic") < text.index("LIIF (EDSR)") < text.index("LDM, 1 sample") < text.index("mean of 8")
+
+    goals = {g["goal"]: g for g in quality_table.goals(table)}
+    skip_x2 = goals["LIIF + LR skip PSNR >= reference 60.48 dB at x2"]
+    assert skip_x2["met"] and abs(skip_x2["margin"] - 0.52) < 1e-9
+    assert not goals["LIIF + LR skip PSNR >= reference 47.74 dB at x4"]["met"]
+    assert goals["LDM, mean of 8 PSNR >= best LIIF - 0 dB at x2"]["met"]
+    assert not goals["LDM, mean of 8 PSNR >= best LIIF - 0 dB at x4"]["met"]  # 46.9 < 47.0
+    assert not goals["LDM, mean of 8 LR-consistency >= 60 dB at x4"]["met"]
+    one = goals["LDM, 1 sample PSNR >= best LIIF - 0.5 dB at x2"]
+    assert not one["met"] and abs(one["margin"] - (60.0 - 61.0 + 0.5)) < 1e-9
+
+    assert quality_table.main([str(tmp_path), "--json", str(tmp_path / "q.json")]) == 0
+    assert "| goal | met | margin |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "q.json").read_text())["goals"]
+
+
+def test_a_folder_without_results_is_one_line(tmp_path, capsys):
+    assert quality_table.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path}: no summary.json")
+    assert quality_table.main([str(tmp_path / "nope")]) == 2

@@ -57,14 +57,9 @@ banner() { printf '\n=== %s  [%s]\n' "$1" "$(date -u +%FT%TZ)"; }
 run() { echo "\$ $*"; "$@"; }
 wants() { [[ " $1 " == *" $2 "* ]]; }
 
-# pack: the small files of OUT (JSON, CSV, logs, configs; no checkpoints or images) into PACK_TO
+# pack: the small files of OUT (no checkpoints or images) into PACK_TO (bench/pack_results.sh)
 pack() {
-    [[ -n "$PACK_TO" ]] || return 0
-    mkdir -p "$PACK_TO"
-    (cd "$OUT" && find . -type f \( -name '*.json' -o -name '*.csv' -o -name '*.txt' -o -name '*.log' \
-        -o -name '*.yaml' -o -name 'DONE' \) -size -4M -print0 | tar czf "$PACK_TO/results.tgz.part" --null -T -)
-    mv "$PACK_TO/results.tgz.part" "$PACK_TO/results.tgz"
-    cp "$OUT/gpu_measure.log" "$PACK_TO/gpu_measure.log"
+    if [[ -n "$PACK_TO" ]]; then bash bench/pack_results.sh "$OUT" "$PACK_TO"; fi
 }
 
 # latest NAME -> the newest run dir of that name under LOGS, or nothing

@@ -34,6 +34,7 @@ from ldm.evaluation.runner import evaluate
 from ldm.evaluation.scoring import WINDOWS
 from ldm.evaluation.slices import SliceSet, SliceSetError, scan, slice_paths
 from ldm.experiment import Experiment, ExperimentError, load_experiment
+from ldm.models.consistency import BackProjected
 from ldm.precision import PRECISIONS, check_precision
 from ldm.util import ConfigError
 
@@ -89,6 +90,9 @@ def get_parser() -> argparse.ArgumentParser:
     run.add_argument("--compare", nargs="+", default=[], metavar="LOGDIR", help="other runs scored side by side")
     run.add_argument("--batch_size", type=int, default=1, help="slices per forward pass")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    proto.add_argument("--back_projection", type=int, default=0, metavar="N",
+                       help="N steps of back-projection of each trained model's SR onto its LR through the "
+                            "protocol's degradation (data consistency; default 0: off)")
     run.add_argument("--precision", default="fp32", metavar="{" + ",".join(PRECISIONS) + "}",
                      help="bf16: the trained models under bfloat16 autocast (faster on a GPU; default fp32)")
     run.add_argument("--no_ema", action="store_true", help="use the trained weights, not their EMA")
@@ -106,6 +110,8 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name}: must be >= 1, got {value}")
+    if args.back_projection < 0:
+        raise UsageError(f"--back_projection: must be >= 0, got {args.back_projection}")
     if args.eta is not None and args.eta < 0:
         raise UsageError(f"--eta: must be >= 0, got {args.eta:g}")
     if args.list and args.split:
@@ -153,6 +159,8 @@ def default_out(args: argparse.Namespace, exp: Experiment, protocol: Protocol, l
         parts.append(f"first{args.first_k}")
     if args.precision != "fp32":
         parts.append(args.precision)
+    if args.back_projection:
+        parts.append(f"bp{args.back_projection}")
     # an exported .safetensors model keeps its evaluations in <file stem>-eval/ beside it
     root = exp.logdir / "eval" if exp.logdir.is_dir() else exp.logdir.with_name(f"{exp.logdir.stem}-eval")
     return root / "_".join(parts)
@@ -190,8 +198,13 @@ def effective_sampling(args: argparse.Namespace, run: Experiment) -> dict[str, A
     }
 
 
-def build_methods(args: argparse.Namespace, exp: Experiment, others: list[Experiment], data_kind: str) -> list[Method]:
-    """Baselines, then the --compare runs, then the evaluated run (the last row of each table)."""
+def build_methods(args: argparse.Namespace, exp: Experiment, others: list[Experiment], data_kind: str,
+                  degradation: str) -> list[Method]:
+    """Baselines, then the --compare runs, then the evaluated run (the last row of each table).
+
+    With --back_projection N the trained runs (not the interpolation baselines) are back-projected
+    onto their LR through the protocol's degradation, after any re-windowing.
+    """
     methods = baselines()
     used = {m.name for m in methods}
     for run in [*others, exp]:
@@ -208,6 +221,9 @@ def build_methods(args: argparse.Namespace, exp: Experiment, others: list[Experi
             sampling = {k: getattr(args, k) for k in ("steps", "eta") if getattr(args, k) is not None}
             sampling["n_samples"] = args.n_samples
         info = {**run.describe(), **({"sampling": effective_sampling(args, run)} if run.kind == "ldm" else {})}
+        if args.back_projection:
+            resolver = BackProjected(resolver, degradation, args.back_projection)
+            info["back_projection"] = resolver.describe()
         methods.append(Method(name, resolver, run.kind, sampling, seeded=run.kind == "ldm",
                               device=args.device, info=info, precision=args.precision))
     return methods
@@ -242,6 +258,8 @@ def metadata(args: argparse.Namespace, argv: list[str], exp: Experiment, protoco
         "batch_size": args.batch_size,
         "device": str(args.device),
         "precision": args.precision,
+        "back_projection": {"iterations": args.back_projection, "degradation": protocol.degradation}
+        if args.back_projection else None,
         "command": shlex.join(["python", "eval_sr.py", *argv]),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                      "scikit-image": skimage.__version__, "pillow": PIL.__version__},
@@ -279,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for item in slices.skipped:
         print(f"warning: skipped {item['reason']}", file=sys.stderr)
-    methods = build_methods(args, exp, others, slices.data_kind)
+    methods = build_methods(args, exp, others, slices.data_kind, protocol.degradation)
     ignored = [run.name for run in [*others, exp] if run.kind != "ldm"] if args.n_samples > 1 else []
     if ignored:
         print(f"note: --n_samples applies to LDM runs; deterministic {', '.join(ignored)} give one SR")

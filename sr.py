@@ -28,6 +28,8 @@ from ldm.evaluation.images import write_sr, write_std
 from ldm.evaluation.protocol import image_seed
 from ldm.experiment import Experiment, ExperimentError, load_experiment
 from ldm.inference import find_inputs, output_size, read_input, super_resolve_slice
+from ldm.models.base import SuperResolver
+from ldm.models.consistency import BackProjected
 from ldm.precision import PRECISIONS, check_precision
 from ldm.util import ConfigError, run_record, write_json_atomic
 
@@ -48,6 +50,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_samples", type=int, default=1, help="K LDM samples: SR = their mean, plus a std map")
     p.add_argument("--seed", type=int, default=23, help="each slice derives its own seed from it and its name")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--back_projection", type=int, default=0, metavar="N",
+                   help="N steps of back-projection of the SR onto the input through the run's training "
+                        "degradation, so the SR does not contradict it (data consistency; default 0: off)")
     p.add_argument("--precision", default="fp32", metavar="{" + ",".join(PRECISIONS) + "}",
                    help="bf16: the model under bfloat16 autocast (faster on a GPU; default fp32)")
     p.add_argument("--no_ema", action="store_true", help="use the trained weights, not their EMA")
@@ -70,6 +75,8 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name}: must be >= 1, got {value}")
+    if args.back_projection < 0:
+        raise ValueError(f"--back_projection: must be >= 0, got {args.back_projection}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device: CUDA is not available here (use --device cpu)")
@@ -98,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     sampling = sampling_of(args, exp)
+    model: SuperResolver = exp.model
+    back_projection = None
+    if args.back_projection:
+        model = BackProjected(exp.model, str(exp.data_params.get("degradation", "bicubic")), args.back_projection)
+        back_projection = model.describe()
     if args.n_samples > 1 and exp.kind != "ldm":
         print(f"note: {exp.kind} runs are deterministic; --n_samples ignored")
     print(f"kind: {exp.kind} ({exp.logdir}), {len(inputs)} input file(s) -> {out}")
@@ -114,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 claimed[target] = path
                 size = output_size(item.values.shape, args.scale, args.out_size)
                 seeded = {**sampling, "seed": image_seed(args.seed, item.name)} if exp.kind == "ldm" else sampling
-                sr, std = super_resolve_slice(exp.model, item, exp.hu_window, size, seeded, args.device,
+                sr, std = super_resolve_slice(model, item, exp.hu_window, size, seeded, args.device,
                                               args.precision)
                 write_sr(target, sr, item.kind, exp.hu_window)
                 if std is not None:
@@ -127,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if written:
         write_json_atomic(out / "sr_run.json", run_record(
             "sr.py", argv, seed=args.seed, sampling={k: v for k, v in sampling.items()}, precision=args.precision,
-            **exp.describe(),
+            back_projection=back_projection, **exp.describe(),
             written=written, failed=failed))
     if failed:
         print(f"failed ({len(failed)}):", file=sys.stderr)

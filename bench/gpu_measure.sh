@@ -10,7 +10,8 @@
 #             faster run): stage 1, the LIIF baseline without and with the LR skip, stage 2 on the
 #             stage-1 checkpoint, stage 3 (alignment) from stage 2 (TRAIN picks which)
 #   eval      eval_sr.py at LR 64 px, x2 x3.5 x4 x6 x8: bicubic, Lanczos, the LIIFs and the first stage
-#             beside the LDM (1 sample and the mean of 8, 50 DDIM steps) and the LDM after stage 3
+#             beside the LDM (1 sample and the mean of 8, 50 DDIM steps) and the LDM after stage 3;
+#             the LDM (1 sample) and the regressions once more with --back_projection EVAL_BP
 #   sampling  bench/sampling.py on the trained stage-2 run and real test slices
 # Everything lands under OUT: logs/ (training runs), eval/, *.json, runs.txt, gpu_measure.log, and
 # DONE when the last part has finished. A re-run reuses finished training runs (FRESH=1 retrains).
@@ -21,6 +22,7 @@
 #   STAGE3_TIME [00:00:10:00]  (DD:HH:MM:SS)
 #   DECODER_ARGS, TRAINING_ARGS, SAMPLING_ARGS, EVAL_ARGS: extra flags for those scripts (fewer rows)
 #   EVAL_STEPS [50]  EVAL_SCALES ["2 3.5 4 6 8"]  EVAL_LR [64]  EVAL_PRECISION [bf16]  EVAL_BATCH [16]
+#   EVAL_BP [20]: back-projection steps of the extra, data-consistent evaluation (0: none)
 #   DATA_DIR [data] (slices in DATA_DIR/CT, split lists beside them)  FETCH [1] (0: use DATA_DIR/CT as is)
 #   CONFIG_S1, CONFIG_LIIF, CONFIG_S2, CONFIG_S3: the configs (default the ct256-f4 / liif-edsr GPU ones)
 #   TRAIN_FLAGS ["--gpus 0, --precision bf16-mixed"]  DEVICE [cuda]  PYTHON [python]
@@ -41,6 +43,7 @@ EVAL_SCALES=${EVAL_SCALES:-"2 3.5 4 6 8"}
 EVAL_LR=${EVAL_LR:-64}
 EVAL_PRECISION=${EVAL_PRECISION:-bf16}
 EVAL_BATCH=${EVAL_BATCH:-16}
+EVAL_BP=${EVAL_BP:-20}
 DATA_DIR=${DATA_DIR:-data}
 FETCH=${FETCH:-1}
 CONFIG_S1=${CONFIG_S1:-configs/first-stage/ct256-f4.yaml}
@@ -146,6 +149,11 @@ part_eval() {
         if [[ ${#regress[@]} -gt 0 ]]; then compare=(--compare "${regress[@]}"); fi
         run "${ev[@]}" --exp "$s2" --n_samples 8 "${compare[@]}" --out "$OUT/eval/ldm-mean8"
         run "${ev[@]}" --exp "$s2" --n_samples 1 --out "$OUT/eval/ldm-1sample"
+        if [[ "$EVAL_BP" != 0 ]]; then
+            # data consistency: every trained model back-projected onto its LR (rows "+ back-projection")
+            run "${ev[@]}" --exp "$s2" --n_samples 1 --back_projection "$EVAL_BP" "${compare[@]}" \
+                --out "$OUT/eval/ldm-1sample-bp$EVAL_BP"
+        fi
     elif [[ ${#regress[@]} -gt 0 ]]; then
         # no LDM: the regressions side by side, the first one found as --exp
         local compare=()

@@ -15,6 +15,8 @@ The goals (issue 8), each printed as met / missed with the margin:
   - the LDM's mean of K >= the best LIIF baseline's PSNR at every scale, one sample within 0.5 dB;
   - the LDM's MAE (HU) <= the best LIIF baseline's; LR-consistency >= 60 dB at every scale;
   - stage 3 (s3) improves on stage 2 (s2) in PSNR at every scale.
+Runs evaluated with eval_sr.py --back_projection get rows of their own ("+ back-projection"),
+compared with back-projected LIIF rows where those exist.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ ORDER = list(LABELS)
 # issue 8: EDSR-LIIF with the LR skip, 7 minutes on one H100, test patient lung2 (PSNR, SSIM, MAE HU)
 REFERENCE_SKIP = {2.0: (60.48, 0.999, 2.8), 4.0: (47.74, 0.991, 9.8), 8.0: (39.37, 0.959, 23.1)}
 LR_CONSISTENCY_DB = 60.0
+BP = "+bp"  # suffix of a method evaluated with eval_sr.py --back_projection
 ONE_SAMPLE_DB = 0.5
 
 Table = dict[tuple[str, int], dict[float, dict[str, float]]]  # (method, samples) -> scale -> metrics
@@ -51,15 +54,19 @@ def read_results(folders: Sequence[Path]) -> Table:
             for scale in scales:
                 ratio = float(scale["scale_ratio"])
                 for method, metrics in scale["methods"].items():
-                    kind = doc["method_info"].get(method, {}).get("kind", method)
-                    samples = int(doc.get("n_samples") or 1) if kind == "ldm" else 1
-                    table.setdefault((method, samples), {})[ratio] = metrics
+                    info = doc["method_info"].get(method, {})
+                    samples = int(doc.get("n_samples") or 1) if info.get("kind") == "ldm" else 1
+                    name = method + BP if info.get("back_projection") else method  # eval_sr --back_projection
+                    table.setdefault((name, samples), {})[ratio] = metrics
     return table
 
 
 def label(method: str, samples: int) -> str:
-    name = LABELS.get(method, method)
-    return f"{name}, {'1 sample' if samples == 1 else f'mean of {samples}'}" if method in ("s2", "s3") else name
+    base = method.removesuffix(BP)
+    name = LABELS.get(base, base)
+    if base in ("s2", "s3"):
+        name += f", {'1 sample' if samples == 1 else f'mean of {samples}'}"
+    return name + (" + back-projection" if method.endswith(BP) else "")
 
 
 def cell(metrics: dict[str, float] | None) -> str:
@@ -73,7 +80,7 @@ def cell(metrics: dict[str, float] | None) -> str:
 def markdown(table: Table) -> str:
     scales = sorted({s for by_scale in table.values() for s in by_scale})
     rank = {name: i for i, name in enumerate(ORDER)}
-    keys = sorted(table, key=lambda k: (rank.get(k[0], len(ORDER)), k[0], k[1]))
+    keys = sorted(table, key=lambda k: (k[0].endswith(BP), rank.get(k[0].removesuffix(BP), len(ORDER)), k[0], k[1]))
     lines = ["| method | " + " | ".join(f"x{s:g}" for s in scales) + " |", "|---" * (len(scales) + 1) + "|"]
     lines += [f"| {label(*key)} | " + " | ".join(cell(table[key].get(s)) for s in scales) + " |" for key in keys]
     return "\n".join(lines)
@@ -99,10 +106,11 @@ def goals(table: Table) -> list[dict[str, Any]]:
                 worst = min(m["psnr"] - b["psnr"], 100 * (m["ssim"] - b["ssim"]), b["mae_hu"] - m["mae_hu"])
                 out.append(_goal(f"{label(*key)} beats bicubic in PSNR, SSIM, MAE at x{scale:g}", worst,
                                  "worst of dB / SSIM x100 / HU"))
-    liifs = [table[k] for k in (("liif", 1), ("liif-skip", 1)) if k in table]
     for (method, samples), by_scale in table.items():
-        if method not in ("s2", "s3"):
+        if method.removesuffix(BP) not in ("s2", "s3"):
             continue
+        suffix = BP if method.endswith(BP) else ""  # like against like: back-projected LIIFs for a projected LDM
+        liifs = [table[k] for k in ((f"liif{suffix}", 1), (f"liif-skip{suffix}", 1)) if k in table]
         for scale, m in by_scale.items():
             best = max((run[scale] for run in liifs if scale in run), key=lambda r: r["psnr"], default=None)
             if best is not None:

@@ -19,6 +19,7 @@ import torch
 from ldm.data.convert import VOLUME_SUFFIXES, slice_name, volume_stem
 from ldm.data.intensity import SLICE_SUFFIXES, Window, read_slice, to_model_range
 from ldm.data.volumes import is_dicom_file, read_volume, suffix_of
+from ldm.models.base import SuperResolver
 from ldm.precision import autocast
 
 
@@ -84,7 +85,7 @@ def output_size(shape: tuple[int, int], scale: float | None, out_size: tuple[int
 
 @torch.no_grad()
 def super_resolve_slice(
-    model: torch.nn.Module,
+    model: SuperResolver,
     item: InputSlice,
     hu_window: Window,
     out_size: tuple[int, int],

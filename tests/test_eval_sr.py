@@ -396,3 +396,21 @@ def test_bf16_default_out_is_named_apart(capsys, fake_run):
     assert run(capsys, "--exp", fake_run, "--lr_size", 16, "--scale_ratio", 2, "--precision", "bf16")[0] == 0
     (out,) = (fake_run / "eval").iterdir()
     assert out.name.endswith("_bf16")
+
+
+def test_back_projection_makes_the_models_consistent_and_leaves_the_baselines(capsys, tiny_runs, tmp_path):
+    common = ["--exp", tiny_runs["ldm"], "--compare", tiny_runs["first_stage"], "--lr_size", 16, "--scale_ratio", 4,
+              "--steps", 2, "--first_k", 2]
+    assert run(capsys, *common, "--out", tmp_path / "raw")[0] == 0
+    rc, _, err = run(capsys, *common, "--back_projection", 10, "--out", tmp_path / "bp")
+    assert rc == 0, err
+    raw, bp = load_json(tmp_path / "raw" / "metrics.json"), load_json(tmp_path / "bp" / "metrics.json")
+    assert bp["back_projection"] == {"iterations": 10, "degradation": "bicubic"} and raw["back_projection"] is None
+    for name in ("bicubic", "lanczos"):
+        assert bp["methods"][name] == raw["methods"][name]
+    for name in ("first_stage-tiny", "ldm-tiny"):  # barely trained models: far from their LR until projected
+        assert bp["methods"][name]["lr_psnr"] >= 60 > raw["methods"][name]["lr_psnr"]
+        assert bp["methods"][name]["psnr"] > raw["methods"][name]["psnr"]
+        assert bp["method_info"][name]["back_projection"] == {"iterations": 10, "degradation": "bicubic"}
+    rc, _, err = run(capsys, *common, "--back_projection", -1, "--out", tmp_path / "bad")
+    assert rc == 2 and "--back_projection" in err

@@ -49,6 +49,8 @@ def test_data_train_eval_hand_over_and_pack(tmp_path):
     assert mean8["precision"] == "fp32" and mean8["n_samples"] == 8
     assert set(mean8["scales"]["x4"]["methods"]) == {"bicubic", "lanczos", "liif-skip", "s1", "s2"}
     assert (out / "eval" / "ldm-1sample" / "summary.json").is_file() and (out / "DONE").is_file()
+    bp = json.loads((out / "eval" / "ldm-1sample-bp20" / "summary.json").read_text())
+    assert bp["back_projection"] == {"iterations": 20, "degradation": "bicubic"}
 
     # what the device tool brings back: the log and one archive of the small files, no checkpoints
     assert sorted(p.name for p in (tmp_path / "pack").iterdir()) == ["gpu_measure.log", "results.tgz"]
@@ -63,12 +65,15 @@ def test_data_train_eval_hand_over_and_pack(tmp_path):
 
     # the table and the goals from those folders
     table = quality_table.read_results([out / "eval"])
-    assert {("bicubic", 1), ("liif-skip", 1), ("s1", 1), ("s2", 1), ("s2", 8)} <= set(table)
+    assert {("bicubic", 1), ("liif-skip", 1), ("s1", 1), ("s2", 1), ("s2", 8), ("s2+bp", 1), ("liif-skip+bp", 1)} \
+        <= set(table)
     assert set(table[("s2", 8)]) == {2.0, 4.0}
     text = quality_table.markdown(table)
-    assert "| LDM, mean of 8 |" in text and "| LIIF + LR skip |" in text
+    for row in ("| LDM, mean of 8 |", "| LIIF + LR skip |", "| LDM, 1 sample + back-projection |"):
+        assert row in text
     names = [g["goal"] for g in quality_table.goals(table)]
     assert "LDM, mean of 8 LR-consistency >= 60 dB at x4" in names
+    assert "LDM, 1 sample + back-projection PSNR >= best LIIF - 0.5 dB at x2" in names
 
 
 def test_an_unknown_part_is_refused(tmp_path):

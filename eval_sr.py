@@ -27,7 +27,7 @@ import torch
 from ldm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
 from ldm.data.slices import SplitListError
 from ldm.evaluation.images import image_writer
-from ldm.evaluation.methods import Method, Rewindowed, baselines
+from ldm.evaluation.methods import BicubicBaseline, Method, Rewindowed, baselines
 from ldm.evaluation.protocol import Protocol, scale_name
 from ldm.evaluation.report import format_table, plot_vs_scale, scale_document, summary_document, write_csv, write_json
 from ldm.evaluation.runner import evaluate
@@ -202,10 +202,15 @@ def build_methods(args: argparse.Namespace, exp: Experiment, others: list[Experi
                   degradation: str) -> list[Method]:
     """Baselines, then the --compare runs, then the evaluated run (the last row of each table).
 
-    With --back_projection N the trained runs (not the interpolation baselines) are back-projected
-    onto their LR through the protocol's degradation, after any re-windowing.
+    With --back_projection N the trained runs are back-projected onto their LR through the
+    protocol's degradation, after any re-windowing; bicubic and Lanczos stay as they are, and
+    "bicubic+bp" (bicubic back-projected the same way) joins them as the projection's own baseline.
     """
     methods = baselines()
+    if args.back_projection:
+        # the classical baseline for a projected model: what the projection alone makes of bicubic
+        projected = BackProjected(BicubicBaseline(), degradation, args.back_projection)
+        methods.append(Method("bicubic+bp", projected, "bicubic", info={"back_projection": projected.describe()}))
     used = {m.name for m in methods}
     for run in [*others, exp]:
         name, n = run.name, 1

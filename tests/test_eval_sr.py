@@ -408,6 +408,9 @@ def test_back_projection_makes_the_models_consistent_and_leaves_the_baselines(ca
     assert bp["back_projection"] == {"iterations": 10, "degradation": "bicubic"} and raw["back_projection"] is None
     for name in ("bicubic", "lanczos"):
         assert bp["methods"][name] == raw["methods"][name]
+    assert list(bp["methods"]) == ["bicubic", "lanczos", "bicubic+bp", "first_stage-tiny", "ldm-tiny"]
+    assert bp["methods"]["bicubic+bp"]["lr_psnr"] >= 60 and bp["methods"]["bicubic+bp"]["psnr"] > raw["methods"][
+        "bicubic"]["psnr"]
     for name in ("first_stage-tiny", "ldm-tiny"):  # barely trained models: far from their LR until projected
         assert bp["methods"][name]["lr_psnr"] >= 60 > raw["methods"][name]["lr_psnr"]
         assert bp["methods"][name]["psnr"] > raw["methods"][name]["psnr"]

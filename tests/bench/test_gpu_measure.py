@@ -74,6 +74,8 @@ def test_data_train_eval_hand_over_and_pack(tmp_path):
     names = [g["goal"] for g in quality_table.goals(table)]
     assert "LDM, mean of 8 LR-consistency >= 60 dB at x4" in names
     assert "LDM, 1 sample + back-projection PSNR >= best LIIF - 0.5 dB at x2" in names
+    assert "LDM, 1 sample + back-projection beats bicubic + back-projection in PSNR at x4" in names
+    assert not [n for n in names if n.startswith("bicubic + back-projection beats")]
 
 
 def test_an_unknown_part_is_refused(tmp_path):

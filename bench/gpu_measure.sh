@@ -12,6 +12,7 @@
 #   eval      eval_sr.py at LR 64 px, x2 x3.5 x4 x6 x8: bicubic, Lanczos, the LIIFs and the first stage
 #             beside the LDM (1 sample and the mean of 8, 50 DDIM steps) and the LDM after stage 3;
 #             the LDM (1 sample) and the regressions once more with --back_projection EVAL_BP
+#             (without an s2 run: the regressions side by side, raw and back-projected)
 #   sampling  bench/sampling.py on the trained stage-2 run and real test slices
 # Everything lands under OUT: logs/ (training runs), eval/, *.json, runs.txt, gpu_measure.log, and
 # DONE when the last part has finished. A re-run reuses finished training runs (FRESH=1 retrains).
@@ -159,6 +160,10 @@ part_eval() {
         local compare=()
         if [[ ${#regress[@]} -gt 1 ]]; then compare=(--compare "${regress[@]:1}"); fi
         run "${ev[@]}" --exp "${regress[0]}" "${compare[@]}" --out "$OUT/eval/regressions"
+        if [[ "$EVAL_BP" != 0 ]]; then
+            run "${ev[@]}" --exp "${regress[0]}" "${compare[@]}" --back_projection "$EVAL_BP" \
+                --out "$OUT/eval/regressions-bp$EVAL_BP"
+        fi
     else
         echo "no trained run to evaluate (part train first)"
     fi

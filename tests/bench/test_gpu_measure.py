@@ -59,9 +59,16 @@ def test_data_train_eval_hand_over_and_pack(tmp_path):
     assert "./eval/ldm-mean8/summary.json" in names and "./runs.txt" in names and "./DONE" in names
     assert not [n for n in names if n.endswith((".ckpt", ".png"))]
 
-    # a second run reuses the finished runs and the split
+    # a second run reuses the finished runs and the split; without an LDM, the regressions are compared
     again = gpu_measure(tmp_path, PARTS="data train", TRAIN="s1")
-    assert again.returncode == 0 and "reusing finished run" in again.stdout and "reusing" in again.stdout
+    assert again.returncode == 0 and "reusing finished run" in again.stdout
+    (out / "DONE").unlink()
+    shutil.rmtree(Path(runs["s2"]))
+    regressions = gpu_measure(tmp_path, PARTS="eval", EVAL_SCALES="2")
+    assert regressions.returncode == 0, regressions.stdout[-3000:]
+    doc = json.loads((out / "eval" / "regressions-bp20" / "metrics.json").read_text())
+    assert list(doc["methods"]) == ["bicubic", "lanczos", "bicubic+bp", "s1", "liif-skip"]
+    assert (out / "DONE").is_file()
 
     # the table and the goals from those folders
     table = quality_table.read_results([out / "eval"])

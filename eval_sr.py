@@ -25,6 +25,7 @@ import skimage
 import torch
 
 from ldm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
+from ldm.compile import compile_parts, hot_parts
 from ldm.data.slices import SplitListError
 from ldm.evaluation.images import image_writer
 from ldm.evaluation.methods import BicubicBaseline, Method, Rewindowed, baselines
@@ -93,6 +94,9 @@ def get_parser() -> argparse.ArgumentParser:
     proto.add_argument("--back_projection", type=int, default=0, metavar="N",
                        help="N steps of back-projection of each trained model's SR onto its LR through the "
                             "protocol's degradation (data consistency; default 0: off)")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the trained models' hot parts (UNet, encoder, decoder, LIIF query); "
+                          "falls back to eager with a warning where compilation fails")
     run.add_argument("--precision", default="fp32", metavar="{" + ",".join(PRECISIONS) + "}",
                      help="bf16: the trained models under bfloat16 autocast (faster on a GPU; default fp32)")
     run.add_argument("--no_ema", action="store_true", help="use the trained weights, not their EMA")
@@ -219,6 +223,8 @@ def build_methods(args: argparse.Namespace, exp: Experiment, others: list[Experi
             name = f"{run.name}-{n}"
         used.add(name)
         resolver = run.model
+        if args.compile:
+            compile_parts(hot_parts(run.model))
         if data_kind == "hu" and run.hu_window != exp.hu_window:
             resolver = Rewindowed(run.model, run.hu_window, exp.hu_window)
         sampling: dict[str, Any] = {}
@@ -263,6 +269,7 @@ def metadata(args: argparse.Namespace, argv: list[str], exp: Experiment, protoco
         "batch_size": args.batch_size,
         "device": str(args.device),
         "precision": args.precision,
+        "compile": args.compile,
         "back_projection": {"iterations": args.back_projection, "degradation": protocol.degradation}
         if args.back_projection else None,
         "command": shlex.join(["python", "eval_sr.py", *argv]),

@@ -206,32 +206,29 @@ def compiled(
 ) -> Iterator[str | None]:
     """Within the block, each owner.<attr> (a method, e.g. a module's forward) is its torch.compile'd version.
 
-    Shadowing `forward` rather than swapping the submodule keeps parameter names (EMA, optimiser)
-    unchanged. Compilation happens lazily, so first_call() runs once here: any failure (no C++ compiler, an
-    unsupported op) puts the originals back, warns, and yields the error line instead of None.
-    The originals are restored on exit either way.
+    ldm.compile.compile_parts does the shadowing (parameter names, EMA and optimiser unchanged),
+    per shape (dynamic=False: every row is timed on the shape it compiled for). Compilation happens
+    lazily, so first_call() runs once here: any failure, or a part falling back to eager, puts the
+    originals back, warns, and yields the error line instead of None, so the row is skipped
+    rather than timed eager under a "compiled" label. The originals are restored on exit either way.
     """
-    originals = [(owner, attr, getattr(owner, attr)) for owner, attr in owners]
-    # a method is shadowed by an instance attribute and restored by deleting it; a submodule is re-set
-    own = [isinstance(orig, nn.Module) or attr in vars(owner) for owner, attr, orig in originals]
-
-    def restore() -> None:
-        for (owner, attr, original), is_own in zip(originals, own, strict=True):
-            if is_own:
-                setattr(owner, attr, original)
-            elif attr in vars(owner):
-                delattr(owner, attr)
+    from ldm.compile import compile_parts
 
     # dynamo caches per code object across torch.compile wrappers, and every dtype, chunk and batch
     # shape adds an entry; past the cache limit it would silently run eager: start each block afresh
     torch._dynamo.reset()
+    restore = compile_parts(owners, mode, dynamic=False)
     error = None
     try:
-        for owner, attr, original in originals:
-            setattr(owner, attr, torch.compile(original, mode=mode, dynamic=False))
-        first_call()
-    except Exception as err:  # any compiler failure means: measure eager only
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            first_call()
+        fallbacks = [str(w.message) for w in caught if str(w.message).startswith("torch.compile of")]
+        if fallbacks:
+            error = fallbacks[0]
+    except Exception as err:  # any failure of the first call means: measure eager only
         error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    if error:
         warnings.warn(f"torch.compile failed, compiled rows skipped ({error})", stacklevel=3)
         restore()
     try:

@@ -417,3 +417,16 @@ def test_back_projection_makes_the_models_consistent_and_leaves_the_baselines(ca
         assert bp["method_info"][name]["back_projection"] == {"iterations": 10, "degradation": "bicubic"}
     rc, _, err = run(capsys, *common, "--back_projection", -1, "--out", tmp_path / "bad")
     assert rc == 2 and "--back_projection" in err
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_compile_gives_the_eager_numbers(capsys, tiny_runs, tmp_path):
+    """torch.compile (or, without a C++ compiler here, its eager fallback) changes speed, not results."""
+    common = ["--exp", tiny_runs["first_stage"], "--lr_size", 16, "--scale_ratio", 2, "--first_k", 1]
+    assert run(capsys, *common, "--out", tmp_path / "eager")[0] == 0
+    rc, _, err = run(capsys, *common, "--compile", "--out", tmp_path / "compiled")
+    assert rc == 0, err
+    eager, compiled = (load_json(tmp_path / d / "metrics.json") for d in ("eager", "compiled"))
+    assert (eager["compile"], compiled["compile"]) == (False, True)
+    for key, value in eager["methods"]["first_stage-tiny"].items():
+        assert compiled["methods"]["first_stage-tiny"][key] == pytest.approx(value, rel=1e-4, abs=1e-6)

@@ -1,0 +1,76 @@
+"""ldm/compile.py: compiled hot parts compute what eager does, and a compiler failure only costs speed."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from ldm import compile as ldm_compile
+from ldm.modules.implicit.liif import LIIF
+
+
+class CompilerBroke(Exception):
+    pass
+
+
+CompilerBroke.__module__ = "torch._inductor.exc"  # what a real backend failure looks like
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Conv2d(1, 4, 3, padding=1)
+        self.decoder = nn.Conv2d(4, 4, 1)
+        self.liif = LIIF(4, hidden=[8])
+
+    def forward(self, x):
+        return self.liif.render(self.decoder(self.encoder(x)), (12, 12))
+
+
+def test_hot_parts_of_each_model_kind():
+    net = Net()
+    assert [(type(o).__name__, a) for o, a in ldm_compile.hot_parts(net)] == [
+        ("Conv2d", "forward"), ("Conv2d", "forward"), ("LIIF", "_query")]
+
+    class LDM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unet, self.first_stage = nn.Linear(2, 2), Net()
+
+    assert len(ldm_compile.hot_parts(LDM())) == 4
+    assert ldm_compile.hot_parts(nn.Linear(2, 2)) == []
+
+
+def test_a_compiler_failure_warns_once_and_runs_eager(monkeypatch):
+    def broken(fn, **kwargs):
+        def run(*args, **kw):
+            raise CompilerBroke("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    net = Net()
+    x = torch.randn(1, 1, 6, 6)
+    expected = net(x)
+    restore = ldm_compile.compile_parts(ldm_compile.hot_parts(net))
+    with pytest.warns(UserWarning, match="torch.compile of Conv2d.forward failed, running it eager"):
+        first = net(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning: those parts now run eager directly
+        assert torch.equal(net(x), expected)
+    assert torch.equal(first, expected)
+    restore()
+    assert "forward" not in vars(net.encoder) and "_query" not in vars(net.liif)
+
+
+def test_other_errors_are_not_swallowed(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # "compiles" to itself
+    net = Net()
+    ldm_compile.compile_parts(ldm_compile.hot_parts(net))
+    with pytest.raises(RuntimeError):
+        net(torch.randn(1, 3, 6, 6))  # wrong channel count: the caller's error, raised as such
+
+
+def test_a_bad_mode_is_refused():
+    with pytest.raises(ValueError, match="compile mode"):
+        ldm_compile.compile_parts([], mode="fastest")

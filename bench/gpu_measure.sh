@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure of the project in one command (issues 3, 4 and 8), on one CUDA GPU:
 #
-#     bash bench/gpu_measure.sh [OUT]            # OUT defaults to bench/out
+#     bash bench/gpu_measure.sh [OUT]            # OUT defaults to bench/out (paths: from the caller's directory)
 #
 # Parts, in this order (PARTS picks and orders them):
 #   benches   bench/decoder.py and bench/training.py (random weights)
@@ -22,7 +22,7 @@
 #   STAGE1_TIME [00:00:10:00]  LIIF_TIME [00:00:10:00] (each LIIF run)  STAGE2_TIME [00:00:30:00]
 #   STAGE3_TIME [00:00:10:00]  (DD:HH:MM:SS)
 #   DECODER_ARGS, TRAINING_ARGS, SAMPLING_ARGS, EVAL_ARGS: extra flags for those scripts (fewer rows)
-#   EVAL_STEPS [50]  EVAL_SCALES ["2 3.5 4 6 8"]  EVAL_LR [64]  EVAL_PRECISION [bf16]  EVAL_BATCH [16]
+#   EVAL_STEPS [50]  EVAL_SCALES ["2 3.5 4 6 8"]  EVAL_LR [64]  EVAL_PRECISION [fp32]  EVAL_BATCH [16]
 #   EVAL_BP [20]: back-projection steps of the extra, data-consistent evaluation (0: none)
 #   DATA_DIR [data] (slices in DATA_DIR/CT, split lists beside them)  FETCH [1] (0: use DATA_DIR/CT as is)
 #   CONFIG_S1, CONFIG_LIIF, CONFIG_S2, CONFIG_S3: the configs (default the ct256-f4 / liif-edsr GPU ones)
@@ -31,7 +31,7 @@
 #            (no checkpoints or images): the device tool's $OUT takes 8 files at most.
 # With no time limit, the defaults take about two hours on one H100 (an estimate from the budgets).
 # Under a 10-minute-per-call device (/work/.library/device), see BENCHMARKS.md, "On the lent device".
-set -Eeuo pipefail
+set -euo pipefail
 
 PARTS=${PARTS:-"benches data train eval sampling"}
 TRAIN=${TRAIN:-"s1 liif liif-skip s2 s3"}
@@ -42,7 +42,7 @@ STAGE3_TIME=${STAGE3_TIME:-00:00:10:00}
 EVAL_STEPS=${EVAL_STEPS:-50}
 EVAL_SCALES=${EVAL_SCALES:-"2 3.5 4 6 8"}
 EVAL_LR=${EVAL_LR:-64}
-EVAL_PRECISION=${EVAL_PRECISION:-bf16}
+EVAL_PRECISION=${EVAL_PRECISION:-fp32}  # the table's numbers; bf16 is the fast setting
 EVAL_BATCH=${EVAL_BATCH:-16}
 EVAL_BP=${EVAL_BP:-20}
 DATA_DIR=${DATA_DIR:-data}
@@ -63,28 +63,39 @@ wants() { [[ " $1 " == *" $2 "* ]]; }
 
 # pack: the small files of OUT (no checkpoints or images) into PACK_TO (bench/pack_results.sh)
 pack() {
-    if [[ -n "$PACK_TO" ]]; then bash bench/pack_results.sh "$OUT" "$PACK_TO"; fi
+    if [[ -n "$PACK_TO" ]]; then bash bench/pack_results.sh "$OUT" "$PACK_TO" || echo "pack_results.sh failed"; fi
 }
 
-# latest NAME -> the newest run dir of that name under LOGS, or nothing
-latest() { find "$LOGS" -mindepth 1 -maxdepth 1 -type d -name "*_$1" 2>/dev/null | sort | tail -n 1; }
+# runs NAME -> the run dirs of that name under LOGS, oldest first (main.py adds -2, -3 to a name
+# started twice in one second)
+runs() {
+    find "$LOGS" -mindepth 1 -maxdepth 1 -type d \( -name "*_$1" -o -name "*_$1-[0-9]*" \) 2>/dev/null | sort
+}
+# finished NAME -> the newest run dir of that name whose training finished (checkpoints/DONE), or nothing
+finished() {
+    runs "$1" | while read -r dir; do if [[ -f "$dir/checkpoints/DONE" ]]; then echo "$dir"; fi; done | tail -n 1
+}
 
 # train NAME CONFIG MAX_TIME [dotlist...]: trains unless a finished run exists (FRESH=1 retrains)
 train() {
     local name=$1 config=$2 budget=$3
     shift 3
     local done_run
-    done_run=$(latest "$name")
-    if [[ "$FRESH" != 1 && -n "$done_run" && -f "$done_run/checkpoints/DONE" ]]; then
-        echo "reusing finished run $done_run (FRESH=1 retrains)"
+    done_run=$(finished "$name")
+    if [[ "$FRESH" != 1 && -n "$done_run" ]]; then
+        echo "reusing finished run $done_run ($(cat "$done_run/checkpoints/DONE"); FRESH=1 retrains)"
         return
     fi
+    local before
+    before=$(runs "$name")
     # shellcheck disable=SC2086  # TRAIN_FLAGS is a list of flags
     run "$PY" main.py --base "$config" -t -n "$name" -l "$LOGS" $TRAIN_FLAGS --scale_lr False \
         "lightning.trainer.max_time=$budget" "data.params.root=$DATA_DIR/CT" \
         "data.params.train_list=$DATA_DIR/train.txt" "data.params.val_list=$DATA_DIR/val.txt" \
         "data.params.test_list=$DATA_DIR/test.txt" "$@"
-    done_run=$(latest "$name")
+    # the run dir this call made (not the newest by name: an older run may sort after it)
+    done_run=$(comm -13 <(echo "$before") <(runs "$name") | tail -n 1)
+    [[ -n "$done_run" ]] || { echo "main.py made no run dir for $name under $LOGS"; exit 2; }
     echo "budget $budget" > "$done_run/checkpoints/DONE"
 }
 
@@ -116,26 +127,26 @@ part_train() {
     if wants "$TRAIN" liif-skip; then train liif-skip "$CONFIG_LIIF" "$LIIF_TIME" model.params.lr_skip=true; fi
     if wants "$TRAIN" s2; then
         local s1
-        s1=$(latest s1)
-        [[ -n "$s1" ]] || { echo "stage 2 needs a stage-1 run (TRAIN must include s1)"; exit 2; }
+        s1=$(finished s1)
+        [[ -n "$s1" ]] || { echo "stage 2 needs a finished stage-1 run (TRAIN must include s1)"; exit 2; }
         train s2 "$CONFIG_S2" "$STAGE2_TIME" \
             "model.params.first_stage_config.params.ckpt_path=$s1/checkpoints/last.ckpt"
     fi
     if wants "$TRAIN" s3; then
         local s2
-        s2=$(latest s2)
-        [[ -n "$s2" ]] || { echo "stage 3 needs a stage-2 run (TRAIN must include s2)"; exit 2; }
+        s2=$(finished s2)
+        [[ -n "$s2" ]] || { echo "stage 3 needs a finished stage-2 run (TRAIN must include s2)"; exit 2; }
         train s3 "$CONFIG_S3" "$STAGE3_TIME" "model.params.ckpt_path=$s2/checkpoints/last.ckpt"
     fi
     for name in s1 liif liif-skip s2 s3; do
-        printf '%s: %s\n' "$name" "$(latest "$name")"
+        printf '%s: %s\n' "$name" "$(finished "$name")"
     done | tee "$OUT/runs.txt"
 }
 
 part_eval() {
     banner "eval: LR $EVAL_LR px, x${EVAL_SCALES// / x}, $EVAL_STEPS DDIM steps, $EVAL_PRECISION"
     local s1 liif liif_skip s2 s3
-    s1=$(latest s1); liif=$(latest liif); liif_skip=$(latest liif-skip); s2=$(latest s2); s3=$(latest s3)
+    s1=$(finished s1); liif=$(finished liif); liif_skip=$(finished liif-skip); s2=$(finished s2); s3=$(finished s3)
     local regress=() run_dir
     for run_dir in "$liif" "$liif_skip" "$s1"; do
         if [[ -n "$run_dir" ]]; then regress+=("$run_dir"); fi
@@ -176,8 +187,8 @@ part_eval() {
 part_sampling() {
     banner "sampling: bench on the trained stage-2 run and real test slices"
     local s2
-    s2=$(latest s2)
-    [[ -n "$s2" ]] || { echo "no stage-2 run (part train with s2 first)"; return 0; }
+    s2=$(finished s2)
+    [[ -n "$s2" ]] || { echo "no finished stage-2 run (part train with s2 first)"; return 0; }
     local common=("$PY" bench/sampling.py --exp "$s2" --data_root "$DATA_DIR/CT" --list "$DATA_DIR/test.txt"
         --device "$DEVICE" --compile)
     # shellcheck disable=SC2086
@@ -189,14 +200,45 @@ part_sampling() {
     fi
 }
 
+check_names() {
+    local part name
+    for part in $PARTS; do
+        case $part in
+            benches | data | train | eval | sampling) ;;
+            *) echo "PARTS: unknown part '$part' (benches data train eval sampling)"; exit 2 ;;
+        esac
+    done
+    for name in $TRAIN; do
+        case $name in
+            s1 | liif | liif-skip | s2 | s3) ;;
+            *) echo "TRAIN: unknown run '$name' (s1 liif liif-skip s2 s3)"; exit 2 ;;
+        esac
+    done
+}
+
+# on any exit (the end, an error, SIGTERM at a time limit): let tee finish the log, then pack
+finish() {
+    local rc=$?
+    if [[ $rc != 0 ]]; then echo "FAILED (exit $rc)"; fi
+    exec >/dev/null 2>&1
+    sleep 0.5
+    pack
+    exit "$rc"
+}
+
 main() {
+    check_names
+    # paths given relative to the caller's directory, before moving to the repo root
+    OUT=$(realpath -m "${1:-$(dirname "$0")/out}")
+    DATA_DIR=$(realpath -m "$DATA_DIR")
+    if [[ -n "$PACK_TO" ]]; then PACK_TO=$(realpath -m "$PACK_TO"); fi
     cd "$(dirname "$0")/.."
-    OUT=${1:-bench/out}
     LOGS="$OUT/logs"
     mkdir -p "$OUT" "$LOGS"
     rm -f "$OUT/DONE"
     exec > >(tee -a "$OUT/gpu_measure.log") 2>&1
-    trap 'echo "FAILED (exit $?) at line $LINENO"; pack' ERR
+    trap finish EXIT
+    trap 'exit 143' TERM
 
     banner "the card"
     if [[ "$DEVICE" == cuda* ]]; then
@@ -208,16 +250,12 @@ main() {
     echo "PARTS=$PARTS TRAIN=$TRAIN"
 
     for part in $PARTS; do
-        case $part in
-            benches | data | train | eval | sampling) "part_$part" ;;
-            *) echo "PARTS: unknown part '$part' (benches data train eval sampling)"; exit 2 ;;
-        esac
+        "part_$part"
         pack
     done
     banner "done"
     echo "runs: $OUT/runs.txt; quality tables: $OUT/eval/*/summary.json; speed: $OUT/{decoder,training,sampling}.json"
     date -u +%FT%TZ > "$OUT/DONE"
-    pack
 }
 
 # the whole file is read before anything runs: a script replaced on disk mid-run cannot change it

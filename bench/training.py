@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bf16_matmul_peak_tflops": peak,
         "weights": "random (throughput does not depend on them)",
         "step": "on_train_batch_start, training_step (autocast for bf16), backward, optimiser (+ scheduler) step, "
-                "EMA update",
+                "EMA update; stage unet: LatentDiffusionSR.latent_loss on ready latents instead of training_step",
         "compiled": "UNet forward (LDM); encoder/decoder forwards and LIIF._query (stage 1, LIIF)"
         if args.compile else None,
         "compile_errors": compile_errors,

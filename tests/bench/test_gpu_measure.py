@@ -85,6 +85,24 @@ def test_data_train_eval_hand_over_and_pack(tmp_path):
     assert not [n for n in names if n.startswith("bicubic + back-projection beats")]
 
 
-def test_an_unknown_part_is_refused(tmp_path):
+def test_an_unknown_part_is_refused_before_anything_runs(tmp_path):
     proc = gpu_measure(tmp_path, PARTS="warmup")
     assert proc.returncode == 2 and "unknown part 'warmup'" in proc.stdout
+
+
+def test_unknown_train_names_are_refused_before_anything_runs(tmp_path):
+    proc = gpu_measure(tmp_path, PARTS="data train", TRAIN="s1 liif_skip")
+    assert proc.returncode == 2 and "unknown run 'liif_skip'" in proc.stdout
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_an_unfinished_run_is_neither_used_nor_reused(tmp_path):
+    """A stage-1 run without checkpoints/DONE (interrupted) is retrained, and stage 2 uses the new one."""
+    stale = tmp_path / "out" / "logs" / "2099-01-01T00-00-00_s1"
+    (stale / "checkpoints").mkdir(parents=True)
+    proc = gpu_measure(tmp_path, PARTS="data train", TRAIN="s1 s2")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    runs = dict(line.split(": ", 1) for line in (tmp_path / "out" / "runs.txt").read_text().splitlines())
+    assert runs["s1"] != str(stale) and (Path(runs["s1"]) / "checkpoints" / "DONE").is_file()
+    assert "reusing" not in proc.stdout

@@ -25,7 +25,7 @@ KINDS = {"bicubic": "bicubic", "liif": "liif", "liif-skip": "liif", "s2": "ldm"}
 def test_rows_cells_and_goals(tmp_path, capsys):
     write_summary(tmp_path / "ldm-mean8", 8, {
         2.0: {"bicubic": metrics(51.0, 0.99, 6.0), "liif": metrics(57.0, 0.998, 4.0),
-              "liif-skip": metrics(61.0, 0.999, 2.5), "s2": metrics(61.2, 0.999, 2.4, 70.0)},
+              "liif-skip": metrics(61.0, 0.999, 2.5, 70.0), "s2": metrics(61.2, 0.999, 2.4, 70.0)},
         4.0: {"bicubic": metrics(40.0, 0.97, 20.0), "liif": metrics(46.0), "liif-skip": metrics(47.0),
               "s2": metrics(46.9, 0.99, 9.0, 59.0)},
     }, KINDS)
@@ -39,18 +39,39 @@ def test_rows_cells_and_goals(tmp_path, capsys):
     assert text.index("bicubic") < text.index("LIIF (EDSR)") < text.index("LDM, 1 sample") < text.index("mean of 8")
 
     goals = {g["goal"]: g for g in quality_table.goals(table)}
-    skip_x2 = goals["LIIF + LR skip PSNR >= reference 60.48 dB at x2"]
+    skip_x2 = goals["LIIF + LR skip psnr >= reference 60.48 at x2"]
     assert skip_x2["met"] and abs(skip_x2["margin"] - 0.52) < 1e-9
-    assert not goals["LIIF + LR skip PSNR >= reference 47.74 dB at x4"]["met"]
+    assert goals["LIIF + LR skip mae_hu <= reference 2.8 at x2"]["met"]  # 2.5 HU
+    assert not goals["LIIF + LR skip lr_psnr >= reference 73.8 at x2"]["met"]  # 70 dB
+    assert not goals["LIIF + LR skip psnr >= reference 47.74 at x4"]["met"]
+    assert goals["LIIF + LR skip psnr >= reference 39.37 at x8"]["met"] is None  # x8 not evaluated
+    assert goals["LIIF (no skip) PSNR >= mean of the two reference runs 55.91 dB at x2"]["met"]
+    beats = goals["LIIF + LR skip beats bicubic in every metric at x2"]
+    assert beats["met"] and beats["unit"].startswith("worst: ")
     assert goals["LDM, mean of 8 PSNR >= best LIIF - 0 dB at x2"]["met"]
     assert not goals["LDM, mean of 8 PSNR >= best LIIF - 0 dB at x4"]["met"]  # 46.9 < 47.0
     assert not goals["LDM, mean of 8 LR-consistency >= 60 dB at x4"]["met"]
     one = goals["LDM, 1 sample PSNR >= best LIIF - 0.5 dB at x2"]
     assert not one["met"] and abs(one["margin"] - (60.0 - 61.0 + 0.5)) < 1e-9
+    assert goals["LDM, 1 sample PSNR >= best LIIF - 0.5 dB at x4"]["met"] is None  # only x2 sampled once
+    assert not [g for g in goals if g.startswith("stage 3")]  # no s3 rows: nothing claimed about it
 
     assert quality_table.main([str(tmp_path), "--json", str(tmp_path / "q.json")]) == 0
-    assert "| goal | met | margin |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| goal | met | margin |" in printed and "| not measured | - |" in printed
     assert json.loads((tmp_path / "q.json").read_text())["goals"]
+
+
+def test_ties_do_not_beat_and_missing_rows_are_not_measured(tmp_path):
+    same = metrics(50.0)
+    write_summary(tmp_path / "e", 1, {2.0: {"bicubic": same, "liif": dict(same)}},
+                  {"bicubic": "bicubic", "liif": "liif"})
+    goals = {g["goal"]: g for g in quality_table.goals(quality_table.read_results([tmp_path]))}
+    tie = goals["LIIF (EDSR) beats bicubic in every metric at x2"]
+    assert tie["margin"] == 0 and tie["met"] is False
+    assert goals["LIIF + LR skip beats bicubic in every metric at x2"]["met"] is None
+    assert goals["LDM, mean of 8 LR-consistency >= 60 dB at x2"]["met"] is None  # no LDM evaluated yet
+
 
 
 def test_a_folder_without_results_is_one_line(tmp_path, capsys):

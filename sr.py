@@ -28,7 +28,7 @@ from ldm.compile import compile_parts, hot_parts
 from ldm.evaluation.images import write_sr, write_std
 from ldm.evaluation.protocol import image_seed
 from ldm.experiment import Experiment, ExperimentError, load_experiment
-from ldm.inference import find_inputs, output_size, read_input, super_resolve_slice
+from ldm.inference import InputSlice, find_inputs, output_size, read_input, super_resolve_slices
 from ldm.models.base import SuperResolver
 from ldm.models.consistency import BackProjected
 from ldm.precision import PRECISIONS, check_precision
@@ -51,6 +51,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_samples", type=int, default=1, help="K LDM samples: SR = their mean, plus a std map")
     p.add_argument("--seed", type=int, default=23, help="each slice derives its own seed from it and its name")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch_size", type=int, default=1,
+                   help="slices of one size per forward pass (a volume's slices; faster on a GPU). Each slice "
+                        "keeps its own seed, so the output does not depend on it")
     p.add_argument("--back_projection", type=int, default=0, metavar="N",
                    help="N steps of back-projection of the SR onto the input through the run's training "
                         "degradation, so the SR does not contradict it (data consistency; default 0: off)")
@@ -75,7 +78,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--scale: must be > 1 (super-resolution), got {args.scale:g}")
     if args.out_size is not None and min(args.out_size) < 1:
         raise ValueError(f"--out_size: must be positive, got {args.out_size}")
-    for name in ("n_samples", "steps"):
+    for name in ("n_samples", "steps", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name}: must be >= 1, got {value}")
@@ -121,6 +124,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"kind: {exp.kind} ({exp.logdir}), {len(inputs)} input file(s) -> {out}")
 
     written, failed, claimed = 0, [], {}
+    batch: list[tuple[InputSlice, Path, tuple[int, int]]] = []  # slices waiting for one forward pass
+
+    def flush() -> None:
+        nonlocal written
+        pending = list(batch)
+        batch.clear()
+        if not pending:
+            return
+        items = [item for item, _, _ in pending]
+        seeded = {**sampling, "seed": [image_seed(args.seed, item.name) for item in items]} \
+            if exp.kind == "ldm" else sampling
+        try:
+            results = super_resolve_slices(model, items, exp.hu_window, pending[0][2], seeded, args.device,
+                                           args.precision)
+        except ValueError as err:  # e.g. an output size the model refuses: these slices fail, the rest go on
+            failed.append(f"{', '.join(item.name for item in items)}: {str(err).splitlines()[0]}")
+            return
+        for (item, target, _), (sr, std) in zip(pending, results, strict=True):
+            write_sr(target, sr, item.kind, exp.hu_window)
+            if std is not None:
+                write_std(out / f"{item.name}_std.png", std, item.kind, exp.hu_window)
+            written += 1
+
     for path, stem in tqdm(inputs, unit="file", desc="sr", disable=args.no_progress):
         try:
             for item in read_input(path, stem):
@@ -131,21 +157,21 @@ def main(argv: list[str] | None = None) -> int:
                     raise ValueError(f"{path}: output {target.name} is also the output of {claimed[target]}")
                 claimed[target] = path
                 size = output_size(item.values.shape, args.scale, args.out_size)
-                seeded = {**sampling, "seed": image_seed(args.seed, item.name)} if exp.kind == "ldm" else sampling
-                sr, std = super_resolve_slice(model, item, exp.hu_window, size, seeded, args.device,
-                                              args.precision)
-                write_sr(target, sr, item.kind, exp.hu_window)
-                if std is not None:
-                    write_std(out / f"{item.name}_std.png", std, item.kind, exp.hu_window)
-                written += 1
+                if batch and (item.values.shape, item.kind, size) != (batch[0][0].values.shape, batch[0][0].kind,
+                                                                       batch[0][2]):
+                    flush()  # a batch holds slices of one size and kind
+                batch.append((item, target, size))
+                if len(batch) == args.batch_size:
+                    flush()
         except ValueError as err:  # SliceReadError, VolumeError and the checks above: report, go on
             failed.append(str(err).splitlines()[0])
+    flush()
 
     print(f"wrote {written} slice(s) to {out}")
     if written:
         write_json_atomic(out / "sr_run.json", run_record(
             "sr.py", argv, seed=args.seed, sampling={k: v for k, v in sampling.items()}, precision=args.precision,
-            compile=args.compile, back_projection=back_projection, **exp.describe(),
+            compile=args.compile, back_projection=back_projection, batch_size=args.batch_size, **exp.describe(),
             written=written, failed=failed))
     if failed:
         print(f"failed ({len(failed)}):", file=sys.stderr)

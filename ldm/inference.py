@@ -9,7 +9,7 @@ volume lines up with the converted training data.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,22 +84,27 @@ def output_size(shape: tuple[int, int], scale: float | None, out_size: tuple[int
 
 
 @torch.no_grad()
-def super_resolve_slice(
+def super_resolve_slices(
     model: SuperResolver,
-    item: InputSlice,
+    items: Sequence[InputSlice],
     hu_window: Window,
     out_size: tuple[int, int],
     sampling: dict[str, object],
     device: str | torch.device = "cpu",
     precision: str = "fp32",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """-> (SR mean (H, W), per-pixel std of the samples (H, W) or None), both in model units on the CPU.
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Slices of one shape and kind, in one batch -> per slice (SR mean (H, W), per-pixel std of
+    the samples (H, W) or None), both in model units on the CPU.
 
-    precision: "fp32" or "bf16" (ldm.precision.autocast around the model).
+    sampling may hold "seed" as one seed per slice (the LDM then draws each slice's noise from its
+    own seed, so a result does not depend on the batch). precision: "fp32" or "bf16".
     """
-    lr = torch.from_numpy(to_model_range(item.values, item.kind, hu_window))[None, None].to(device)
+    if len({(item.values.shape, item.kind) for item in items}) != 1:
+        raise ValueError("super_resolve_slices: a batch needs slices of one shape and kind")
+    values = np.stack([to_model_range(item.values, item.kind, hu_window) for item in items])
+    lr = torch.from_numpy(values)[:, None].to(device)  # (B, 1, h, w)
     with autocast(device, precision):
         samples = model.super_resolve(lr, out_size, **sampling)
-    samples = samples.detach().float().cpu()[0]  # (K, H, W)
-    std = samples.std(dim=0, correction=0) if samples.shape[0] > 1 else None
-    return samples.mean(dim=0), std
+    samples = samples.detach().float().cpu()  # (B, K, H, W)
+    stds = samples.std(dim=1, correction=0) if samples.shape[1] > 1 else [None] * len(items)
+    return list(zip(samples.mean(dim=1), stds, strict=True))

@@ -27,6 +27,8 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, fixtures_dir):
     summary = json.loads((eval_dir / "summary.json").read_text())
     assert set(summary["scales"]) == {"x2", "x3.5"}
     assert (eval_dir / "psnr_vs_scale.png").is_file() and list((eval_dir / "x2" / "images").rglob("*panel*.png"))
+    projected = json.loads((eval_dir.parent / "demo-bp20" / "summary.json").read_text())
+    assert "bicubic+bp" in projected["scales"]["x2"]["methods"] and projected["back_projection"]["iterations"] == 20
     # a second run reuses the split and the finished runs
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -36,6 +36,7 @@ from ldm.evaluation.scoring import WINDOWS
 from ldm.evaluation.slices import SliceSet, SliceSetError, scan, slice_paths
 from ldm.experiment import Experiment, ExperimentError, load_experiment
 from ldm.models.consistency import BackProjected
+from ldm.models.diffusion.samplers import SAMPLERS
 from ldm.precision import PRECISIONS, check_precision
 from ldm.util import ConfigError
 
@@ -83,6 +84,9 @@ def get_parser() -> argparse.ArgumentParser:
     proto.add_argument("--windows", action=argparse.BooleanOptionalAction, default=True,
                        help="also PSNR/SSIM in the lung [-1000, 400] and soft-tissue [-160, 240] windows")
     samp = p.add_argument_group("sampling (LDM runs; other models ignore it)")
+    samp.add_argument("--sampler", default=None, metavar="{" + ",".join(sorted(SAMPLERS)) + "}",
+                      help="ddim, dpmpp_2m (DPM-Solver++(2M): deterministic, fewer steps) or ddpm "
+                           "(default: the model's sampler)")
     samp.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     samp.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the model's)")
     samp.add_argument("--n_samples", type=int, default=1,
@@ -116,6 +120,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name}: must be >= 1, got {value}")
     if args.back_projection < 0:
         raise UsageError(f"--back_projection: must be >= 0, got {args.back_projection}")
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        raise UsageError(f"--sampler: expected one of {', '.join(sorted(SAMPLERS))}, got '{args.sampler}'")
     if args.eta is not None and args.eta < 0:
         raise UsageError(f"--eta: must be >= 0, got {args.eta:g}")
     if args.list and args.split:
@@ -155,6 +161,8 @@ def default_out(args: argparse.Namespace, exp: Experiment, protocol: Protocol, l
     if protocol.noise_hu > 0:
         parts.append(f"noise{protocol.noise_hu:g}")
     parts.append(f"seed{protocol.seed}")
+    if args.sampler is not None:
+        parts.append(args.sampler)
     if args.steps is not None:
         parts.append(f"steps{args.steps}")
     if args.n_samples > 1:
@@ -196,6 +204,7 @@ def effective_sampling(args: argparse.Namespace, run: Experiment) -> dict[str, A
     if run.kind != "ldm":
         return {}
     return {
+        "sampler": args.sampler or getattr(run.model, "sampler", None),
         "steps": args.steps if args.steps is not None else getattr(run.model, "sample_steps", None),
         "eta": args.eta if args.eta is not None else getattr(run.model, "sample_eta", None),
         "n_samples": args.n_samples,
@@ -229,7 +238,7 @@ def build_methods(args: argparse.Namespace, exp: Experiment, others: list[Experi
             resolver = Rewindowed(run.model, run.hu_window, exp.hu_window)
         sampling: dict[str, Any] = {}
         if run.kind == "ldm":
-            sampling = {k: getattr(args, k) for k in ("steps", "eta") if getattr(args, k) is not None}
+            sampling = {k: getattr(args, k) for k in ("sampler", "steps", "eta") if getattr(args, k) is not None}
             sampling["n_samples"] = args.n_samples
         info = {**run.describe(), **({"sampling": effective_sampling(args, run)} if run.kind == "ldm" else {})}
         if args.back_projection:
@@ -247,6 +256,7 @@ def metadata(args: argparse.Namespace, argv: list[str], exp: Experiment, protoco
     return {
         "kind": exp.kind,
         "lr_size": protocol.lr_size,
+        "sampler": sampling.get("sampler"),
         "steps": sampling.get("steps"),
         "eta": sampling.get("eta"),
         "n_samples": args.n_samples,

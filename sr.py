@@ -31,6 +31,7 @@ from ldm.experiment import Experiment, ExperimentError, load_experiment
 from ldm.inference import InputSlice, find_inputs, output_size, read_input, super_resolve_slices
 from ldm.models.base import SuperResolver
 from ldm.models.consistency import BackProjected
+from ldm.models.diffusion.samplers import SAMPLERS
 from ldm.precision import PRECISIONS, check_precision
 from ldm.util import ConfigError, run_record, write_json_atomic
 
@@ -46,6 +47,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--scale", type=float, default=None, help="scale S > 1: SR = round(h*S) x round(w*S)")
     p.add_argument("--out_size", type=int, nargs=2, default=None, metavar=("H", "W"), help="SR size instead")
+    p.add_argument("--sampler", default=None, metavar="{" + ",".join(sorted(SAMPLERS)) + "}",
+                   help="LDM sampler: ddim, dpmpp_2m (deterministic, fewer steps) or ddpm (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (LDM; default: the model's)")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (LDM; default: the model's)")
     p.add_argument("--n_samples", type=int, default=1, help="K LDM samples: SR = their mean, plus a std map")
@@ -84,6 +87,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name}: must be >= 1, got {value}")
     if args.back_projection < 0:
         raise ValueError(f"--back_projection: must be >= 0, got {args.back_projection}")
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        raise ValueError(f"--sampler: expected one of {', '.join(sorted(SAMPLERS))}, got '{args.sampler}'")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device: CUDA is not available here (use --device cpu)")
@@ -94,7 +99,8 @@ def sampling_of(args: argparse.Namespace, exp: Experiment) -> dict[str, object]:
     """super_resolve keywords: sampling options for an LDM; deterministic models take none."""
     if exp.kind != "ldm":
         return {}
-    sampling: dict[str, object] = {k: getattr(args, k) for k in ("steps", "eta") if getattr(args, k) is not None}
+    sampling: dict[str, object] = {k: getattr(args, k) for k in ("sampler", "steps", "eta")
+                                   if getattr(args, k) is not None}
     sampling["n_samples"] = args.n_samples
     return sampling
 

@@ -292,11 +292,11 @@ class Reference:
     dtype: str = "fp32"
     batch: int = 8
     compile: bool = False
+    sampler: str = "ddim"
 
     def matches(self, row: dict[str, Any]) -> bool:
-        return (row.get("steps"), row.get("dtype"), row.get("batch"), row.get("compile")) == (
-            self.steps, self.dtype, self.batch, self.compile
-        )
+        keys = (row.get("steps"), row.get("dtype"), row.get("batch"), row.get("compile"), row.get("sampler", "ddim"))
+        return keys == (self.steps, self.dtype, self.batch, self.compile, self.sampler)
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)

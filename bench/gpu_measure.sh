@@ -190,7 +190,7 @@ part_sampling() {
     s2=$(finished s2)
     [[ -n "$s2" ]] || { echo "no finished stage-2 run (part train with s2 first)"; return 0; }
     local common=("$PY" bench/sampling.py --exp "$s2" --data_root "$DATA_DIR/CT" --list "$DATA_DIR/test.txt"
-        --device "$DEVICE" --compile)
+        --device "$DEVICE" --compile --samplers ddim dpmpp_2m)
     # shellcheck disable=SC2086
     run "${common[@]}" --out "$OUT/sampling.json" ${SAMPLING_ARGS:-}
     if [[ "$DEVICE" == cuda* ]]; then

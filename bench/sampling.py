@@ -4,8 +4,9 @@
     python bench/sampling.py --exp logs/<ldm run> --data_root data/CT --compile
     python bench/sampling.py --tiny --device cpu               # harness check (CI)
 
-Rows: every (LR -> output size, DDIM steps, batch, fp32/bf16 autocast, eager/torch.compile'd UNet),
-plus the reference settings (200 steps, fp32, batch 8, eager). Each row times whole
+Rows: every (LR -> output size, sampler, steps, batch, fp32/bf16 autocast, eager/torch.compile'd
+UNet), plus the reference settings (DDIM, 200 steps, fp32, batch 8, eager); --samplers ddim
+dpmpp_2m compares DDIM with DPM-Solver++(2M) at the same step counts. Each row times whole
 super_resolve(lr, out_size, steps=, eta=, seed=) calls (condition encoding, the DDIM loop and the
 implicit decode): slices/s = batch / median latency, and the speed-up over the reference row of
 the same size. FLOPs come from torch.utils.flop_counter (one count per batch: fixed part + steps x
@@ -50,6 +51,7 @@ from bench.common import (  # noqa: E402
     random_images,
     write_json,
 )
+from ldm.models.diffusion.samplers import SAMPLERS  # noqa: E402
 
 SIZES = ["64:256", "32:256"]  # x4 and x8 onto the 256 px training size
 STEPS = [25, 50, 200]
@@ -58,7 +60,8 @@ REFERENCE = Reference(steps=200, dtype="fp32", batch=8)
 TINY = {"sizes": ["16:64", "8:64"], "steps": [2, 4], "batches": [1, 2], "reference": Reference(steps=4, batch=2)}
 
 COLUMNS = [
-    ("size", "lr->out", ""), ("steps", "steps", "d"), ("batch", "batch", "d"), ("dtype", "dtype", ""),
+    ("size", "lr->out", ""), ("sampler", "sampler", ""), ("steps", "steps", "d"), ("batch", "batch", "d"),
+    ("dtype", "dtype", ""),
     ("compile", "compile", ""), ("latency_s", "latency s", ".4g"), ("slices_per_s", "slices/s", ".4g"),
     ("speedup_vs_reference", "x ref", ".3g"), ("psnr_vs_ref_steps", "PSNR vs ref", ".2f"),
     ("delta_psnr_gt", "dPSNR gt", ".3f"), ("mfu", "MFU", ".1%"), ("peak_mem_gib", "peak GiB", ".2f"),
@@ -75,6 +78,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ref_steps", type=int, default=None, help="reference row's steps (default 200; --tiny 4)")
     p.add_argument("--ref_batch", type=int, default=None, help="reference row's batch (default 8; --tiny 2)")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the model's sample_eta)")
+    p.add_argument("--samplers", nargs="+", default=None, choices=sorted(SAMPLERS),
+                   help="samplers to time at every step count (default: the model's; the reference row is DDIM)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every row")
     p.add_argument("--no_flops", action="store_true", help="skip the FLOP count (and MFU)")
     real = p.add_argument_group("a trained run on real slices (for meaningful quality columns)")
@@ -133,8 +138,10 @@ def make_inputs(args: argparse.Namespace, exp: Any, lr_size: int, out_size: int,
 
 
 def flop_model(model: Any, lr: torch.Tensor, out: int, batch: int, seed: int) -> tuple[int, int]:
-    """(fixed, per step) FLOPs of super_resolve at this batch: DDIM's cost is linear in the steps."""
-    run = lambda steps: count_flops(lambda: model.super_resolve(lr[:batch], (out, out), steps=steps, seed=seed))[0]
+    """(fixed, per step) FLOPs of super_resolve at this batch: one UNet call per step for every
+    sampler, so the cost is linear in the steps (counted with DDIM)."""
+    run = lambda steps: count_flops(lambda: model.super_resolve(lr[:batch], (out, out), steps=steps, seed=seed,
+                                                                sampler="ddim"))[0]
     one, two = run(1), run(2)
     return one - (two - one), two - one
 
@@ -159,7 +166,7 @@ def time_row(row: dict[str, Any], call: Any, device: torch.device, warmup: int, 
 
 
 def bench_size(args: argparse.Namespace, model: Any, exp: Any, lr_size: int, out: int, steps_list: list[int],
-               batches: list[int], ref: Reference, eta: float, peak: float | None,
+               batches: list[int], samplers: list[str], ref: Reference, eta: float, peak: float | None,
                compile_errors: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every row of one LR -> output size, with the quality columns at the largest batch."""
     from ldm.models.base import model_input_size
@@ -172,33 +179,33 @@ def bench_size(args: argparse.Namespace, model: Any, exp: Any, lr_size: int, out
     all_batches = sorted(set(batches + [ref.batch, qbatch]))
     flops = {} if args.no_flops else {b: flop_model(model, lr, out, b, args.seed) for b in all_batches}
 
-    def sample(steps: int, batch: int) -> torch.Tensor:
-        return model.super_resolve(lr[:batch], (out, out), steps=steps, eta=eta, seed=args.seed)
+    def sample(steps: int, batch: int, sampler: str) -> torch.Tensor:
+        return model.super_resolve(lr[:batch], (out, out), steps=steps, eta=eta, seed=args.seed, sampler=sampler)
 
     rows: list[dict[str, Any]] = []
-    outputs: dict[tuple[str, bool, int], torch.Tensor] = {}
+    outputs: dict[tuple[str, str, bool, int], torch.Tensor] = {}
     for use_compile, dtype in itertools.product(compile_variants(args.compile), args.dtype):
-        grid = list(itertools.product(steps_list, batches))
-        if (dtype, use_compile) == (ref.dtype, ref.compile) and (ref.steps, ref.batch) not in grid:
-            grid.append((ref.steps, ref.batch))
-        if (dtype, use_compile) == ("fp32", False) and (ref.steps, qbatch) not in grid:
-            grid.append((ref.steps, qbatch))  # the quality reference, even when not a grid row
-        compiling = (compiled([(model.unet, "forward")], lambda: sample(1, batches[0]), args.compile_mode)
+        grid = list(itertools.product(samplers, steps_list, batches))
+        if (dtype, use_compile) == (ref.dtype, ref.compile) and (ref.sampler, ref.steps, ref.batch) not in grid:
+            grid.append((ref.sampler, ref.steps, ref.batch))
+        if (dtype, use_compile) == ("fp32", False) and (ref.sampler, ref.steps, qbatch) not in grid:
+            grid.append((ref.sampler, ref.steps, qbatch))  # the quality reference, even when not a grid row
+        compiling = (compiled([(model.unet, "forward")], lambda: sample(1, batches[0], samplers[0]), args.compile_mode)
                      if use_compile else contextlib.nullcontext(None))
         with autocast(device, dtype), compiling as error:
             if error:
                 compile_errors[f"{lr_size}->{out} {dtype}"] = error
                 continue
-            for steps, batch in grid:
+            for sampler, steps, batch in grid:
                 row: dict[str, Any] = {
                     "size": f"{lr_size}->{out}", "lr_size": lr_size, "out_size": out, "scale": out / lr_size,
-                    "latent": latent, "steps": steps, "batch": batch, "dtype": dtype, "compile": use_compile,
-                    "eta": eta, "status": "ok",
+                    "latent": latent, "sampler": sampler, "steps": steps, "batch": batch, "dtype": dtype,
+                    "compile": use_compile, "eta": eta if sampler == "ddim" else None, "status": "ok",
                 }
                 holder: dict[str, torch.Tensor] = {}
 
-                def call(steps: int = steps, batch: int = batch, holder: dict = holder) -> None:
-                    holder["out"] = sample(steps, batch)
+                def call(steps: int = steps, batch: int = batch, sampler: str = sampler, holder: dict = holder) -> None:
+                    holder["out"] = sample(steps, batch, sampler)
 
                 warmup = max(args.warmup, 1) if use_compile else args.warmup  # a new shape recompiles
                 rows.append(row)
@@ -210,12 +217,12 @@ def bench_size(args: argparse.Namespace, model: Any, exp: Any, lr_size: int, out
                     achieved = total / row["latency_s"] / 1e12
                     row.update(tflop=total / 1e12, achieved_tflops=achieved, mfu=achieved / peak if peak else None)
                 if batch == qbatch:
-                    outputs[(dtype, use_compile, steps)] = holder["out"].float()
+                    outputs[(sampler, dtype, use_compile, steps)] = holder["out"].float()
 
-    reference_key = ("fp32", False, ref.steps)
+    reference_key = (ref.sampler, "fp32", False, ref.steps)
     reference_out = outputs.get(reference_key)
     for row in rows:
-        key = (row["dtype"], row["compile"], row["steps"])
+        key = (row["sampler"], row["dtype"], row["compile"], row["steps"])
         if row["batch"] != qbatch or key not in outputs:
             continue
         ok = reference_out is not None and key != reference_key
@@ -253,14 +260,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = build_random_model(args.config, device).eval().requires_grad_(False)
         model_info = {"config": args.config, "weights": "random"}
     eta = model.sample_eta if args.eta is None else args.eta
+    samplers = args.samplers or [model.sampler]
     peak = bf16_matmul_peak_tflops(device)
 
     rows: list[dict[str, Any]] = []
     compile_errors: dict[str, str] = {}
     inputs_info: dict[str, Any] = {}
     for lr_size, out in sizes:
-        size_rows, inputs_info = bench_size(args, model, exp, lr_size, out, steps_list, batches, ref, eta, peak,
-                                            compile_errors)
+        size_rows, inputs_info = bench_size(args, model, exp, lr_size, out, steps_list, batches, samplers, ref, eta,
+                                            peak, compile_errors)
         rows += size_rows
         free_memory(device)
     add_speedups(rows, ref, group="size", metric="slices_per_s")
@@ -273,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reference": ref.describe(),
         "quality_batch": max(batches + [ref.batch]),
         "quality_basis": quality,
-        "quality_reference": f"fp32 eager {ref.steps}-step samples of the same LR and seed",
+        "quality_reference": f"fp32 eager {ref.steps}-step {ref.sampler} samples of the same LR and seed",
+        "samplers": samplers,
         "inputs": inputs_info,
         "sizes": "LR side -> output side in px; latent = model input size / f (ldm.models.base.model_input_size)",
         "compiled": "the denoiser UNet's forward (torch.compile, dynamic=False)" if args.compile else None,

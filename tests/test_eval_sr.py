@@ -373,7 +373,7 @@ def test_tiny_ldm_against_the_tiny_first_stage(capsys, tiny_runs, tmp_path):
     assert "kind: first_stage" in out and doc["kind"] == "first_stage" and doc["out_size"] == [59, 59]
     assert list(doc["methods"]) == ["bicubic", "lanczos", "ldm-tiny", "first_stage-tiny"]
     assert doc["steps"] is None
-    assert doc["method_info"]["ldm-tiny"]["sampling"] == {"steps": 2, "eta": 1.0, "n_samples": 1}
+    assert doc["method_info"]["ldm-tiny"]["sampling"] == {"sampler": "ddim", "steps": 2, "eta": 1.0, "n_samples": 1}
 
 
 def test_bf16_precision_runs_the_models_under_autocast_and_says_so(capsys, tiny_runs, tmp_path):
@@ -430,3 +430,14 @@ def test_compile_gives_the_eager_numbers(capsys, tiny_runs, tmp_path):
     assert (eager["compile"], compiled["compile"]) == (False, True)
     for key, value in eager["methods"]["first_stage-tiny"].items():
         assert compiled["methods"]["first_stage-tiny"][key] == pytest.approx(value, rel=1e-4, abs=1e-6)
+
+
+def test_the_sampler_is_chosen_recorded_and_checked(capsys, tiny_runs, tmp_path):
+    common = ["--exp", tiny_runs["ldm"], "--lr_size", 16, "--scale_ratio", 2, "--steps", 2, "--first_k", 1]
+    rc, _, err = run(capsys, *common, "--sampler", "dpmpp_2m", "--out", tmp_path / "dpm")
+    assert rc == 0, err
+    doc = load_json(tmp_path / "dpm" / "metrics.json")
+    assert doc["sampler"] == "dpmpp_2m" and doc["method_info"]["ldm-tiny"]["sampling"]["sampler"] == "dpmpp_2m"
+    assert load_json(tmp_path / "dpm" / "metrics.json")["methods"]["ldm-tiny"]["psnr"] > 0
+    rc, _, err = run(capsys, *common, "--sampler", "euler", "--out", tmp_path / "bad")
+    assert rc == 2 and "--sampler" in err and not (tmp_path / "bad").exists()

@@ -60,6 +60,18 @@ def test_sampling_rows_speedups_and_step_psnr(tmp_path):
     positive(next(r for r in rows if (r["steps"], r["batch"], r["dtype"]) == (2, 2, "fp32")), "psnr_vs_ref_steps")
 
 
+def test_sampling_compares_samplers_against_the_ddim_reference(tmp_path):
+    doc = run(sampling, tmp_path, "--sizes", "16:64", "--samplers", "ddim", "dpmpp_2m", "--dtype", "fp32",
+              "--batch", "2")
+    rows = doc["rows"]
+    assert {(r["sampler"], r["steps"]) for r in rows} == {("ddim", 2), ("ddim", 4), ("dpmpp_2m", 2), ("dpmpp_2m", 4)}
+    (ref,) = [r for r in rows if r["reference"]]
+    assert ref["sampler"] == "ddim" and doc["samplers"] == ["ddim", "dpmpp_2m"]
+    dpm = next(r for r in rows if (r["sampler"], r["steps"]) == ("dpmpp_2m", 4))
+    positive(dpm, "latency_s", "speedup_vs_reference", "psnr_vs_ref_steps")
+    assert dpm["eta"] is None  # deterministic: DDIM's eta does not apply
+
+
 def test_sampling_on_a_run_and_real_slices_reports_psnr_against_gt(tmp_path, ct_splits):
     from logdir_helpers import make_tiny_logdir
 

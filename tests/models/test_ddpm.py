@@ -98,6 +98,19 @@ def test_super_resolve_rejects_bad_arguments(model):
         model.super_resolve(torch.zeros(1, 1, 8, 8), (0, 16))
 
 
+def test_dpmpp_2m_sampling_is_deterministic_and_the_configured_default(first_stage_ckpt, model):
+    lr = make_batch(n=2)["lr"]
+    a = model.super_resolve(lr, (32, 32), steps=3, sampler="dpmpp_2m", seed=1)
+    b = model.super_resolve(lr, (32, 32), steps=3, sampler="dpmpp_2m", seed=1)
+    assert a.shape == (2, 1, 32, 32) and torch.isfinite(a).all() and torch.equal(a, b)
+    assert not torch.equal(a, model.super_resolve(lr, (32, 32), steps=3, sampler="ddim", eta=0.0, seed=1))
+    configured = build(first_stage_ckpt, sampler="dpmpp_2m")
+    configured.load_state_dict(model.state_dict())
+    torch.testing.assert_close(configured.super_resolve(lr, (32, 32), steps=3, seed=1), a)
+    with pytest.raises(ValueError, match="model.params.sampler"):
+        build(first_stage_ckpt, sampler="euler")
+
+
 def test_latent_scale_set_on_the_first_batch_and_kept_through_a_state_dict(first_stage_ckpt):
     model = build(first_stage_ckpt)
     assert not model.latent_scale_set

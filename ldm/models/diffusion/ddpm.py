@@ -78,8 +78,8 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
     alignment: stage 3, the loss through the decoder; align_weight_max clamps its weight.
     ckpt_path: initialise the whole model (first stage, UNet, EMA, latent scale) from a
         stage-2 checkpoint; the fine-tune then starts from that run's EMA weights.
-    sample_steps / sample_eta: DDIM defaults of super_resolve; sample_steps_val: the few DDIM
-        steps of the validation PSNR and of log_images.
+    sampler / sample_steps / sample_eta: super_resolve's defaults ("ddim", "ddpm" or "dpmpp_2m";
+        eta is DDIM's); sample_steps_val: the few steps of the validation PSNR and of log_images.
     """
 
     kind = "ldm"
@@ -106,11 +106,14 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         sample_steps: int = 50,
         sample_eta: float = 1.0,
         sample_steps_val: int = 10,
+        sampler: str = "ddim",
     ) -> None:
         super().__init__()
         if parameterization not in ("eps", "v"):
             raise ValueError(f"parameterization: expected 'eps' or 'v', got '{parameterization}'")
         check_upsample_mode(cond_upsample, "cond_upsample")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"model.params.sampler: expected one of {sorted(SAMPLERS)}, got '{sampler}'")
         self.parameterization = parameterization
         self.scale_by_std = scale_by_std
         self.cond_upsample = cond_upsample
@@ -121,6 +124,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         self.sample_steps = sample_steps
         self.sample_eta = sample_eta
         self.sample_steps_val = sample_steps_val
+        self.sampler = sampler
         self.learning_rate = 1e-4  # main.py sets base_learning_rate x scaling
 
         # set True by a load (stage-1 weights here, or any checkpoint of this model), checked before training
@@ -298,7 +302,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         steps: int | None = None,
         eta: float | None = None,
         n_samples: int = 1,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         seed: int | Sequence[int] | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
@@ -310,13 +314,15 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         The UNet and the encoder are convolutional, so inputs larger than the training size (a
         512 x 512 clinical slice at x2 or x4 from 128 or 256 px LR) run on a larger latent; the
         implicit decoder then renders each sampled latent at exactly out_size.
-        sampler: "ddim" (steps default sample_steps, eta default sample_eta) or "ddpm" (ancestral;
-        steps None = all T). seed or a CPU generator makes the result repeatable on any device;
+        sampler: None (the model's `sampler`), "ddim" (steps default sample_steps, eta default
+        sample_eta), "dpmpp_2m" (DPM-Solver++(2M), deterministic; steps default sample_steps) or
+        "ddpm" (ancestral; steps None = all T). seed or a CPU generator makes the result repeatable on any device;
         a list of B seeds gives each image its own noise, so its result does not depend on the
         batch it was sampled in.
         Uses the EMA weights when the model keeps an EMA.
         """
         out_hw = check_out_size(lr, out_size)
+        sampler = sampler or self.sampler
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got '{sampler}'")
         if n_samples < 1:
@@ -332,8 +338,9 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         cond = self.condition(lr, in_hw).repeat_interleave(k, dim=0)  # (B K, C, h', w'), each image's K adjacent
         x_T = seeded_randn((b * k, self.unet.out_channels, *cond.shape[-2:]), generator, lr.device)
         options: dict[str, Any] = {"steps": steps, "generator": generator}
-        if sampler == "ddim":
+        if sampler in ("ddim", "dpmpp_2m"):
             options["steps"] = steps or self.sample_steps
+        if sampler == "ddim":
             options["eta"] = self.sample_eta if eta is None else eta
         with self.ema_scope():
             z0 = SAMPLERS[sampler](

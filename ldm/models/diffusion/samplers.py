@@ -146,4 +146,44 @@ def sample_ddpm(
     return x
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddim": sample_ddim, "ddpm": sample_ddpm}
+@torch.no_grad()
+def sample_dpmpp_2m(
+    model: Model,
+    x: torch.Tensor,
+    schedule: DiffusionSchedule,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    steps: int = 20,
+    generator: Generators = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022): the probability-flow ODE, second order from the last two
+    x_0 estimates; deterministic (generator is unused, kept for a common signature).
+
+    In VP form with alpha = sqrt(a_t), sigma = sqrt(1 - a_t), lambda = log(alpha / sigma) and
+    h = lambda_next - lambda: x_next = (sigma_next / sigma) x - alpha_next expm1(-h) D, where D is
+    the x_0 estimate, corrected to D + (D - D_prev) / (2 r), r = h_prev / h, after the first step.
+    One step of it is DDIM with eta = 0; at 15-25 steps it reaches what DDIM needs several times
+    as many for (tested on an analytic model whose ODE solution is known). The last step lands
+    on x_0 (a_prev = 1) and takes the estimate itself.
+    """
+    extra_args = extra_args or {}
+    d_prev, h_prev = None, None
+    for i, t, a_t, a_prev in _steps(schedule, steps, disable):
+        _, d = _eps_and_x0(model, x, t, a_t, extra_args)
+        if a_prev >= 1.0:  # the clean end: lambda is infinite, the step is the estimate itself
+            x = d
+        else:
+            lam, lam_next = 0.5 * math.log(a_t / (1.0 - a_t)), 0.5 * math.log(a_prev / (1.0 - a_prev))
+            h = lam_next - lam
+            d_used = d if d_prev is None else d + (d - d_prev) * (h / (2.0 * h_prev))
+            x = math.sqrt((1.0 - a_prev) / (1.0 - a_t)) * x - math.sqrt(a_prev) * math.expm1(-h) * d_used
+            d_prev, h_prev = d, h
+        if callback is not None:
+            callback({"x": x, "i": i, "t": t, "pred_x0": d})
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "ddim": sample_ddim, "ddpm": sample_ddpm, "dpmpp_2m": sample_dpmpp_2m,
+}

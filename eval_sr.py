@@ -161,7 +161,7 @@ def default_out(args: argparse.Namespace, exp: Experiment, protocol: Protocol, l
     if protocol.noise_hu > 0:
         parts.append(f"noise{protocol.noise_hu:g}")
     parts.append(f"seed{protocol.seed}")
-    if args.sampler is not None:
+    if args.sampler is not None and exp.kind == "ldm":
         parts.append(args.sampler)
     if args.steps is not None:
         parts.append(f"steps{args.steps}")
@@ -200,15 +200,11 @@ def make_out_dir(args: argparse.Namespace, default: Path) -> Path:
 
 
 def effective_sampling(args: argparse.Namespace, run: Experiment) -> dict[str, Any]:
-    """What an LDM run samples with: the requested steps/eta, else the defaults its config set."""
+    """What an LDM run samples with (LatentDiffusionSR.sampling_settings: the requested sampler,
+    steps and eta, else its config's), and the sample count."""
     if run.kind != "ldm":
         return {}
-    return {
-        "sampler": args.sampler or getattr(run.model, "sampler", None),
-        "steps": args.steps if args.steps is not None else getattr(run.model, "sample_steps", None),
-        "eta": args.eta if args.eta is not None else getattr(run.model, "sample_eta", None),
-        "n_samples": args.n_samples,
-    }
+    return {**run.model.sampling_settings(args.sampler, args.steps, args.eta), "n_samples": args.n_samples}
 
 
 def build_methods(args: argparse.Namespace, exp: Experiment, others: list[Experiment], data_kind: str,

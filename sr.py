@@ -33,7 +33,7 @@ from ldm.models.base import SuperResolver
 from ldm.models.consistency import BackProjected
 from ldm.models.diffusion.samplers import SAMPLERS
 from ldm.precision import PRECISIONS, check_precision
-from ldm.util import ConfigError, run_record, write_json_atomic
+from ldm.util import ConfigError, first_line, is_out_of_memory, run_record, write_json_atomic
 
 SETUP_ERRORS = (ExperimentError, ConfigError, CheckpointMismatchError, UnsafeCheckpointError, ValueError,
                 RuntimeError, FileNotFoundError)
@@ -95,6 +95,13 @@ def check_args(args: argparse.Namespace) -> None:
     check_precision(args.precision, device)
 
 
+def sampling_record(args: argparse.Namespace, exp: Experiment) -> dict[str, object]:
+    """What an LDM samples with, defaults resolved (for sr_run.json); {} for deterministic models."""
+    if exp.kind != "ldm":
+        return {}
+    return {**exp.model.sampling_settings(args.sampler, args.steps, args.eta), "n_samples": args.n_samples}
+
+
 def sampling_of(args: argparse.Namespace, exp: Experiment) -> dict[str, object]:
     """super_resolve keywords: sampling options for an LDM; deterministic models take none."""
     if exp.kind != "ldm":
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         exp = load_experiment(args.exp, args.ckpt, use_ema=not args.no_ema,
                               trust_checkpoint=args.trust_checkpoint, device=args.device)
     except SETUP_ERRORS as err:
-        print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
     out = Path(args.out)
     sampling = sampling_of(args, exp)
@@ -132,20 +139,34 @@ def main(argv: list[str] | None = None) -> int:
     written, failed, claimed = 0, [], {}
     batch: list[tuple[InputSlice, Path, tuple[int, int]]] = []  # slices waiting for one forward pass
 
-    def flush() -> None:
+    def flush(pending: list[tuple[InputSlice, Path, tuple[int, int]]] | None = None) -> None:
         nonlocal written
-        pending = list(batch)
-        batch.clear()
+        if pending is None:
+            pending = list(batch)
+            batch.clear()
         if not pending:
             return
         items = [item for item, _, _ in pending]
+        names = items[0].name if len(items) == 1 else f"{items[0].name} .. {items[-1].name} ({len(items)} slices)"
         seeded = {**sampling, "seed": [image_seed(args.seed, item.name) for item in items]} \
             if exp.kind == "ldm" else sampling
         try:
             results = super_resolve_slices(model, items, exp.hu_window, pending[0][2], seeded, args.device,
                                            args.precision)
         except ValueError as err:  # e.g. an output size the model refuses: these slices fail, the rest go on
-            failed.append(f"{', '.join(item.name for item in items)}: {str(err).splitlines()[0]}")
+            failed.append(f"{names}: {first_line(err)}")
+            return
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(pending) > 1:  # too large a batch: the same slices one at a time (same seeds, same output)
+                print(f"note: out of memory for {names}; retrying them one at a time", file=sys.stderr)
+                for one in pending:
+                    flush([one])
+                return
+            failed.append(f"{names}: out of memory ({first_line(err)})")
             return
         for (item, target, _), (sr, std) in zip(pending, results, strict=True):
             write_sr(target, sr, item.kind, exp.hu_window)
@@ -170,13 +191,13 @@ def main(argv: list[str] | None = None) -> int:
                 if len(batch) == args.batch_size:
                     flush()
         except ValueError as err:  # SliceReadError, VolumeError and the checks above: report, go on
-            failed.append(str(err).splitlines()[0])
+            failed.append(first_line(err))
     flush()
 
     print(f"wrote {written} slice(s) to {out}")
     if written:
         write_json_atomic(out / "sr_run.json", run_record(
-            "sr.py", argv, seed=args.seed, sampling={k: v for k, v in sampling.items()}, precision=args.precision,
+            "sr.py", argv, seed=args.seed, sampling=sampling_record(args, exp), precision=args.precision,
             compile=args.compile, back_projection=back_projection, batch_size=args.batch_size, **exp.describe(),
             written=written, failed=failed))
     if failed:

@@ -144,7 +144,9 @@ def peak_memory_gib(device: torch.device) -> float | None:
 
 
 def is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+    from ldm.util import is_out_of_memory
+
+    return is_out_of_memory(err)
 
 
 def free_memory(device: torch.device) -> None:
@@ -157,11 +159,20 @@ class Measurement:
     timing: Timing
     peak_mem_gib: float | None  # max_memory_allocated: weights, inputs and the call's own working set
     peak_mem_extra_gib: float | None  # the part above what was allocated before the row
+    fell_back: list[str]  # compiled parts that fell back to eager during the row (ldm.compile.FELL_BACK)
+
+    @property
+    def status(self) -> str:
+        """'ok', or what makes a compiled row not a compiled measurement."""
+        return f"compile fell back: {', '.join(sorted(set(self.fell_back)))}" if self.fell_back else "ok"
 
 
 def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Measurement | None:
     """time_call inside a peak-memory window; None when the device ran out of memory (a row says
     'oom' and the sweep goes on: the largest chunk or batch may simply not fit)."""
+    from ldm.compile import FELL_BACK
+
+    fallbacks_before = len(FELL_BACK)
     try:
         base = reset_peak_memory(device)
         timing = time_call(fn, device, warmup, repeats)
@@ -171,7 +182,7 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats
             raise
         free_memory(device)
         return None
-    return Measurement(timing, peak, None if peak is None else peak - base)
+    return Measurement(timing, peak, None if peak is None else peak - base, FELL_BACK[fallbacks_before:])
 
 
 def bf16_matmul_peak_tflops(device: torch.device, n: int = 8192, warmup: int = 5, repeats: int = 20) -> float | None:

@@ -143,6 +143,7 @@ def measure_row(row: dict[str, Any], call: Any, args: argparse.Namespace, warmup
         row["status"] = "oom"
         return None
     t = result.timing
+    row["status"] = result.status
     row.update(latency_ms=t.median_s * 1e3, latency_min_ms=t.min_s * 1e3, latency_max_ms=t.max_s * 1e3,
                mpx_per_s=row["out_size"] ** 2 / t.median_s / 1e6, peak_mem_gib=result.peak_mem_gib,
                peak_mem_extra_gib=result.peak_mem_extra_gib)

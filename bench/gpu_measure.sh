@@ -58,7 +58,25 @@ PY=${PYTHON:-python}
 PACK_TO=${PACK_TO:-}
 
 banner() { printf '\n=== %s  [%s]\n' "$1" "$(date -u +%FT%TZ)"; }
-run() { echo "\$ $*"; "$@"; }
+# run CMD...: echo and run it in the background, so that a TERM reaches the trap at once (bash
+# defers traps while a foreground child runs) and is passed on to the child
+CHILD=""
+run() {
+    echo "\$ $*"
+    "$@" &
+    CHILD=$!
+    local rc=0
+    wait "$CHILD" || rc=$?
+    CHILD=""
+    return "$rc"
+}
+on_signal() {
+    if [[ -n "$CHILD" ]]; then
+        kill -TERM "$CHILD" 2>/dev/null || true  # main.py saves last.ckpt at a step boundary and exits
+        wait "$CHILD" 2>/dev/null || true
+    fi
+    exit 143
+}
 wants() { [[ " $1 " == *" $2 "* ]]; }
 
 # pack: the small files of OUT (no checkpoints or images) into PACK_TO (bench/pack_results.sh)
@@ -219,6 +237,7 @@ check_names() {
 # on any exit (the end, an error, SIGTERM at a time limit): let tee finish the log, then pack
 finish() {
     local rc=$?
+    set +e  # nothing in here may stop the packing
     if [[ $rc != 0 ]]; then echo "FAILED (exit $rc)"; fi
     exec >/dev/null 2>&1
     sleep 0.5
@@ -236,9 +255,11 @@ main() {
     LOGS="$OUT/logs"
     mkdir -p "$OUT" "$LOGS"
     rm -f "$OUT/DONE"
-    exec > >(tee -a "$OUT/gpu_measure.log") 2>&1
+    # tee ignores TERM and INT: a signal to the whole process group (a time limit) must not take the
+    # log with it, nor kill the pipe bash writes to before the EXIT trap has packed
+    exec > >(trap '' TERM INT; exec tee -a "$OUT/gpu_measure.log") 2>&1
     trap finish EXIT
-    trap 'exit 143' TERM
+    trap on_signal TERM INT
 
     banner "the card"
     if [[ "$DEVICE" == cuda* ]]; then

@@ -190,6 +190,7 @@ def bench_stage(args: argparse.Namespace, stage: str, peak: float | None,
             row["status"] = "oom"
             continue
         t = result.timing
+        row["status"] = result.status
         achieved = flops / t.median_s / 1e12
         row.update(step_s=t.median_s, step_min_s=t.min_s, step_max_s=t.max_s, images_per_s=batch_size / t.median_s,
                    flops_per_step=flops, tflop_per_step=flops / 1e12, flops_by_module=by_module,

@@ -43,11 +43,17 @@ def _is_compiler_error(err: BaseException) -> bool:
     return module.startswith(("torch._dynamo", "torch._inductor")) or "CppCompileError" in type(err).__name__
 
 
+FELL_BACK: list[str] = []
+"""Every part that fell back to eager in this process ("Class.attr"), in order: bench/ checks it
+after each timed row, so a row whose shape failed to recompile is not labelled compiled."""
+
+
 def compile_parts(parts: Sequence[Part], mode: str = "default", dynamic: bool | None = None) -> Callable[[], None]:
     """Shadow each owner.<attr> with its compiled version (eager fallback on a compiler error).
 
     Returns `restore()`, which puts the originals back. dynamic=None lets torch mark a dimension
     dynamic once it has seen it change (eval_sr.py's several scales), False compiles per shape.
+    A part that is already compiled is left as it is.
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode: expected one of {', '.join(COMPILE_MODES)}, got '{mode}'")
@@ -63,6 +69,8 @@ def compile_parts(parts: Sequence[Part], mode: str = "default", dynamic: bool | 
 
     for owner, attr in parts:
         original = getattr(owner, attr)
+        if getattr(original, "_ldm_compiled", False):
+            continue
         # a bound method is shadowed by an instance attribute and restored by deleting it
         was_own = attr in vars(owner)
         setattr(owner, attr, _with_fallback(owner, attr, original, torch.compile(original, mode=mode, dynamic=dynamic)))
@@ -72,6 +80,7 @@ def compile_parts(parts: Sequence[Part], mode: str = "default", dynamic: bool | 
 
 def _with_fallback(owner: object, attr: str, original: Callable, compiled: Callable) -> Callable:
     state = {"compiled": True}
+    name = f"{type(owner).__name__}.{attr}"
 
     def call(*args: Any, **kwargs: Any) -> Any:
         if state["compiled"]:
@@ -80,10 +89,17 @@ def _with_fallback(owner: object, attr: str, original: Callable, compiled: Calla
             except Exception as err:  # only compiler failures fall back; the rest is the caller's
                 if not _is_compiler_error(err):
                     raise
-                state["compiled"] = False
-                first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-                warnings.warn(f"torch.compile of {type(owner).__name__}.{attr} failed, running it eager "
-                              f"({type(err).__name__}: {first_line})", stacklevel=2)
+                compile_error = err
+            # dynamo also wraps the caller's own errors met while tracing (a wrong shape): if the
+            # eager call fails as well, that error is the caller's and compilation stays on
+            out = original(*args, **kwargs)
+            state["compiled"] = False
+            FELL_BACK.append(name)
+            text = str(compile_error).strip()
+            warnings.warn(f"torch.compile of {name} failed, running it eager "
+                          f"({type(compile_error).__name__}: {text.splitlines()[0] if text else ''})", stacklevel=2)
+            return out
         return original(*args, **kwargs)
 
+    call._ldm_compiled = True  # type: ignore[attr-defined]
     return call

@@ -99,6 +99,8 @@ def super_resolve_slices(
     sampling may hold "seed" as one seed per slice (the LDM then draws each slice's noise from its
     own seed, so a result does not depend on the batch). precision: "fp32" or "bf16".
     """
+    if not items:
+        raise ValueError("super_resolve_slices: an empty batch")
     if len({(item.values.shape, item.kind) for item in items}) != 1:
         raise ValueError("super_resolve_slices: a batch needs slices of one shape and kind")
     values = np.stack([to_model_range(item.values, item.kind, hu_window) for item in items])

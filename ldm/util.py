@@ -113,3 +113,16 @@ def write_json_atomic(path: str | os.PathLike[str], document: Any) -> None:
     import json
 
     write_text_atomic(path, json.dumps(document, indent=2, sort_keys=False) + "\n")
+
+
+def first_line(err: BaseException) -> str:
+    """An error's first message line (its class name when the message is empty): for one-line reports."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or an allocator's out-of-memory RuntimeError (CPU, MPS)."""
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()

@@ -53,8 +53,10 @@ def test_a_compiler_failure_warns_once_and_runs_eager(monkeypatch):
     x = torch.randn(1, 1, 6, 6)
     expected = net(x)
     restore = ldm_compile.compile_parts(ldm_compile.hot_parts(net))
+    before = len(ldm_compile.FELL_BACK)
     with pytest.warns(UserWarning, match="torch.compile of Conv2d.forward failed, running it eager"):
         first = net(x)
+    assert ldm_compile.FELL_BACK[before:] == ["Conv2d.forward", "Conv2d.forward", "LIIF._query"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning: those parts now run eager directly
         assert torch.equal(net(x), expected)
@@ -74,3 +76,44 @@ def test_other_errors_are_not_swallowed(monkeypatch):
 def test_a_bad_mode_is_refused():
     with pytest.raises(ValueError, match="compile mode"):
         ldm_compile.compile_parts([], mode="fastest")
+
+
+def test_a_callers_error_seen_by_the_tracer_is_raised_not_a_fallback(monkeypatch):
+    """dynamo wraps errors it meets while tracing in its own classes; a bad input must still raise."""
+
+    class TracedUserError(Exception):
+        pass
+
+    TracedUserError.__module__ = "torch._dynamo.exc"
+
+    def tracing(fn, **kwargs):
+        def run(*args, **kw):
+            fn(*args, **kw)  # the real error surfaces while tracing ...
+            return fn(*args, **kw)
+
+        def wrapped(*args, **kw):
+            try:
+                return run(*args, **kw)
+            except RuntimeError as err:  # ... and comes out wrapped, as dynamo does
+                raise TracedUserError(str(err)) from err
+        return wrapped
+
+    monkeypatch.setattr(torch, "compile", tracing)
+    net = Net()
+    ldm_compile.compile_parts(ldm_compile.hot_parts(net))
+    before = len(ldm_compile.FELL_BACK)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "compile failed" warning
+        with pytest.raises(RuntimeError):
+            net(torch.randn(1, 3, 6, 6))
+    assert len(ldm_compile.FELL_BACK) == before
+    assert torch.isfinite(net(torch.randn(1, 1, 6, 6))).all()  # still the compiled path, working
+
+
+def test_compiling_twice_leaves_the_first_wrapper(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(fn) or fn)
+    net = Net()
+    ldm_compile.compile_parts(ldm_compile.hot_parts(net))
+    ldm_compile.compile_parts(ldm_compile.hot_parts(net))
+    assert len(calls) == 3  # the three parts, once each

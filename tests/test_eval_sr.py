@@ -438,6 +438,7 @@ def test_the_sampler_is_chosen_recorded_and_checked(capsys, tiny_runs, tmp_path)
     assert rc == 0, err
     doc = load_json(tmp_path / "dpm" / "metrics.json")
     assert doc["sampler"] == "dpmpp_2m" and doc["method_info"]["ldm-tiny"]["sampling"]["sampler"] == "dpmpp_2m"
+    assert doc["eta"] is None  # DDIM's eta does not apply to the ODE solver, so none is recorded
     assert load_json(tmp_path / "dpm" / "metrics.json")["methods"]["ldm-tiny"]["psnr"] > 0
     rc, _, err = run(capsys, *common, "--sampler", "euler", "--out", tmp_path / "bad")
     assert rc == 2 and "--sampler" in err and not (tmp_path / "bad").exists()

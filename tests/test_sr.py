@@ -199,6 +199,7 @@ def test_back_projection_writes_an_sr_consistent_with_the_input(capsys, ldm_dir,
     assert errors[20] < errors[0] / 10
     record = json.loads((tmp_path / "bp20" / "sr_run.json").read_text())
     assert record["back_projection"] == {"iterations": 20, "degradation": "bicubic"}
+    assert record["sampling"] == {"sampler": "ddim", "steps": 2, "eta": 1.0, "n_samples": 1}  # defaults resolved
 
 
 def test_batches_give_the_slice_by_slice_output(capsys, ldm_dir, fixtures_dir, tmp_path):
@@ -221,3 +222,25 @@ def test_batches_give_the_slice_by_slice_output(capsys, ldm_dir, fixtures_dir, t
     for batch in (2, 3):
         assert outputs["folder", batch] == outputs["folder", 1]
         assert outputs["volume", batch] == outputs["volume", 1]
+
+
+def test_a_batch_that_runs_out_of_memory_is_retried_one_slice_at_a_time(capsys, ldm_dir, tmp_path, monkeypatch):
+    import torch
+
+    folder = tmp_path / "in"
+    for i in range(3):
+        write_png16_hu(folder / f"s{i}.png", phantom_hu(16, seed=i))
+    common = ["--exp", ldm_dir, "--input", folder, "--scale", 2, "--steps", 2]
+    assert run(capsys, *common, "--out", tmp_path / "one")[0] == 0
+    real = sr.super_resolve_slices
+
+    def small_gpu(model, items, *args, **kwargs):
+        if len(items) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, items, *args, **kwargs)
+
+    monkeypatch.setattr(sr, "super_resolve_slices", small_gpu)
+    rc, _, err = run(capsys, *common, "--batch_size", 3, "--out", tmp_path / "three")
+    assert rc == 0 and "retrying them one at a time" in err
+    for name in ("s0.png", "s1.png", "s2.png"):
+        assert (tmp_path / "three" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()

@@ -106,3 +106,31 @@ def test_an_unfinished_run_is_neither_used_nor_reused(tmp_path):
     runs = dict(line.split(": ", 1) for line in (tmp_path / "out" / "runs.txt").read_text().splitlines())
     assert runs["s1"] != str(stale) and (Path(runs["s1"]) / "checkpoints" / "DONE").is_file()
     assert "reusing" not in proc.stdout
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_time_limit_signal_still_packs_the_log_and_results(tmp_path):
+    """SIGTERM to the whole process group (a time limit) mid-training: the run stops at a step,
+    and the log and results.tgz still reach PACK_TO."""
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data / "CT")
+    env = {**os.environ, **TINY, "DATA_DIR": str(data), "PACK_TO": str(tmp_path / "pack"), "PYTHON": sys.executable,
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", "PARTS": "data train",
+           "TRAIN": "s1", "TRAIN_FLAGS": "--precision 32 lightning.trainer.max_steps=100000"}
+    proc = subprocess.Popen(["bash", str(REPO / "bench" / "gpu_measure.sh"), str(tmp_path / "out")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = tmp_path / "out" / "gpu_measure.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and "Epoch 1" in log.read_text(errors="replace")):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-3000:]
+    packed = (tmp_path / "pack" / "gpu_measure.log").read_text(errors="replace")
+    assert "FAILED (exit 143)" in packed and (tmp_path / "pack" / "results.tgz").is_file()
+    run_dir = next((tmp_path / "out" / "logs").glob("*_s1"))
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()  # main.py stopped at a step and saved
+    assert not (run_dir / "checkpoints" / "DONE").exists()  # and the run is not taken as finished

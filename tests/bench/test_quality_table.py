@@ -78,3 +78,12 @@ def test_a_folder_without_results_is_one_line(tmp_path, capsys):
     assert quality_table.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path}: no summary.json")
     assert quality_table.main([str(tmp_path / "nope")]) == 2
+
+
+def test_the_reference_column_is_compared_at_its_printed_precision(tmp_path):
+    write_summary(tmp_path / "e", 1, {2.0: {"liif-skip": {**metrics(60.4751, 0.99851, 2.84), "lr_psnr": 73.76}}},
+                  {"liif-skip": "liif"})
+    goals = {g["goal"]: g for g in quality_table.goals(quality_table.read_results([tmp_path]))}
+    for key in ("psnr >= reference 60.48", "ssim >= reference 0.999", "mae_hu <= reference 2.8",
+                "lr_psnr >= reference 73.8"):
+        assert goals[f"LIIF + LR skip {key} at x2"]["met"], key  # each rounds to the reference's own digits

@@ -109,6 +109,10 @@ def test_dpmpp_2m_sampling_is_deterministic_and_the_configured_default(first_sta
     torch.testing.assert_close(configured.super_resolve(lr, (32, 32), steps=3, seed=1), a)
     with pytest.raises(ValueError, match="model.params.sampler"):
         build(first_stage_ckpt, sampler="euler")
+    # what a run records: defaults resolved, eta only for DDIM, all T steps for DDPM
+    assert model.sampling_settings() == {"sampler": "ddim", "steps": model.sample_steps, "eta": model.sample_eta}
+    assert configured.sampling_settings(steps=7) == {"sampler": "dpmpp_2m", "steps": 7, "eta": None}
+    assert model.sampling_settings("ddpm")["steps"] == model.schedule.num_timesteps
 
 
 def test_latent_scale_set_on_the_first_batch_and_kept_through_a_state_dict(first_stage_ckpt):

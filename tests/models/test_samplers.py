@@ -133,6 +133,11 @@ def test_dpmpp_2m_one_step_is_ddim_and_it_is_deterministic(schedule):
                                     generator=torch.Generator().manual_seed(3))
     without = SAMPLERS["dpmpp_2m"](toy_model, x_T, schedule, extra_args={"cond": x0}, disable=True, steps=5)
     assert torch.equal(with_gen, without)  # no noise is drawn
-    one = SAMPLERS["dpmpp_2m"](toy_model, x_T, schedule, extra_args={"cond": x0}, disable=True, steps=1)
-    ddim = sample_ddim(toy_model, x_T, schedule, extra_args={"cond": x0}, disable=True, steps=1, eta=0.0)
-    torch.testing.assert_close(one, ddim)
+    # its first step (no earlier estimate to correct with) is DDIM's with eta = 0
+    dpm_steps, ddim_steps = [], []
+    SAMPLERS["dpmpp_2m"](toy_model, x_T, schedule, extra_args={"cond": x0}, callback=dpm_steps.append, disable=True,
+                         steps=4)
+    sample_ddim(toy_model, x_T, schedule, extra_args={"cond": x0}, callback=ddim_steps.append, disable=True, steps=4,
+                eta=0.0)
+    torch.testing.assert_close(dpm_steps[0]["x"], ddim_steps[0]["x"])
+    assert not torch.allclose(dpm_steps[1]["x"], ddim_steps[1]["x"])  # then the second-order correction

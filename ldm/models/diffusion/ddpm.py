@@ -294,6 +294,20 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
 
     # -- sampling -----------------------------------------------------------------------------
 
+    def sampling_settings(
+        self, sampler: str | None = None, steps: int | None = None, eta: float | None = None
+    ) -> dict[str, Any]:
+        """What super_resolve samples with for these arguments (None: the model's defaults):
+        {"sampler", "steps", "eta"}; eta is None for the samplers it does not apply to (DDIM's
+        only), steps is T for DDPM without steps. eval_sr.py and sr.py record exactly this."""
+        sampler = sampler or self.sampler
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got '{sampler}'")
+        if sampler == "ddpm":
+            return {"sampler": sampler, "steps": steps or self.schedule.num_timesteps, "eta": None}
+        return {"sampler": sampler, "steps": steps or self.sample_steps,
+                "eta": (self.sample_eta if eta is None else eta) if sampler == "ddim" else None}
+
     @torch.no_grad()
     def super_resolve(
         self,
@@ -322,9 +336,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         Uses the EMA weights when the model keeps an EMA.
         """
         out_hw = check_out_size(lr, out_size)
-        sampler = sampler or self.sampler
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got '{sampler}'")
+        settings = self.sampling_settings(sampler, steps, eta)
         if n_samples < 1:
             raise ValueError(f"n_samples: expected >= 1, got {n_samples}")
         b, k = lr.shape[0], n_samples
@@ -337,13 +349,11 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         in_hw = model_input_size(tuple(lr.shape[-2:]), out_hw, self.max_input_scale, self.input_multiple)
         cond = self.condition(lr, in_hw).repeat_interleave(k, dim=0)  # (B K, C, h', w'), each image's K adjacent
         x_T = seeded_randn((b * k, self.unet.out_channels, *cond.shape[-2:]), generator, lr.device)
-        options: dict[str, Any] = {"steps": steps, "generator": generator}
-        if sampler in ("ddim", "dpmpp_2m"):
-            options["steps"] = steps or self.sample_steps
-        if sampler == "ddim":
-            options["eta"] = self.sample_eta if eta is None else eta
+        options: dict[str, Any] = {"steps": settings["steps"], "generator": generator}
+        if settings["eta"] is not None:
+            options["eta"] = settings["eta"]
         with self.ema_scope():
-            z0 = SAMPLERS[sampler](
+            z0 = SAMPLERS[settings["sampler"]](
                 self.predict_eps, x_T, self.schedule, extra_args={"cond": cond}, disable=not progress, **options
             )
         z0 = z0.reshape(b, k, *z0.shape[1:])  # (B, K, C, h', w')

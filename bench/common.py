@@ -259,7 +259,8 @@ def build_random_model(config_path: str | Path, device: torch.device, keep_ema: 
     """config.model with random weights: every ckpt_path (the LDM's first stage, init weights) set to None.
 
     ldm.experiment.build_model does exactly that for evaluation, so the bench builds what eval_sr.py
-    builds. Without keep_ema the EMA copy is dropped, as load_experiment does: sampling then runs
+    builds, except that zero-initialised weights get small random values (fill_zero_initialised).
+    Without keep_ema the EMA copy is dropped, as load_experiment does: sampling then runs
     on the live weights without the per-call swap that ema_scope() would add to every timing.
     """
     from ldm.experiment import build_model
@@ -268,7 +269,25 @@ def build_random_model(config_path: str | Path, device: torch.device, keep_ema: 
     model = build_model(OmegaConf.load(path), path)
     if not keep_ema and getattr(model, "ema", None) is not None:
         model.ema = None
+    fill_zero_initialised(model)
     return model.to(device)
+
+
+@torch.no_grad()
+def fill_zero_initialised(model: nn.Module, std: float = 0.02, seed: int = 0) -> int:
+    """Give zero-initialised weights (the UNet's output and residual convs, LIIF's zero_init_output)
+    small random values, as training leaves them; returns how many tensors it filled.
+
+    Timing multiplies by them: zeros can run faster than real data (METHOD.md), and an all-zero
+    eps would make every sampler and step count return the same latent.
+    """
+    g = torch.Generator().manual_seed(seed)
+    filled = 0
+    for param in model.parameters():
+        if param.dim() > 1 and not param.any():
+            param.copy_(torch.randn(param.shape, generator=g) * std)
+            filled += 1
+    return filled
 
 
 def random_images(n: int, size: tuple[int, int], seed: int, device: torch.device) -> torch.Tensor:

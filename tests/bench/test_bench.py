@@ -161,3 +161,11 @@ def test_a_row_whose_compiled_part_fell_back_to_eager_says_so():
     fell = common.measure(lambda: FELL_BACK.append("UNetModel.forward"), cpu, warmup=0, repeats=1)
     assert fell.status == "compile fell back: UNetModel.forward"
     assert common.measure(lambda: None, cpu, warmup=0, repeats=1).status == "ok"
+
+
+def test_random_models_have_no_all_zero_weights():
+    """Zero-initialised layers are filled: zeros can time faster and would make eps identically 0."""
+    model = common.build_random_model(REPO / "configs" / "latent-diffusion" / "ct-tiny.yaml", torch.device("cpu"))
+    assert all(p.any() for p in model.parameters() if p.dim() > 1)
+    eps = model.unet(torch.randn(1, model.unet.in_channels, 8, 8), torch.tensor([500]))
+    assert eps.abs().mean() > 0

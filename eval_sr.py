@@ -36,8 +36,7 @@ from ldm.evaluation.scoring import WINDOWS
 from ldm.evaluation.slices import SliceSet, SliceSetError, scan, slice_paths
 from ldm.experiment import Experiment, ExperimentError, load_experiment
 from ldm.models.consistency import BackProjected
-from ldm.models.diffusion.samplers import SAMPLERS
-from ldm.precision import PRECISIONS, check_precision
+from ldm.run_options import add_model_run_options, check_model_run_options
 from ldm.util import ConfigError
 
 # Bad input answers with one line and exit code 2; anything else is a bug and keeps its traceback.
@@ -84,9 +83,6 @@ def get_parser() -> argparse.ArgumentParser:
     proto.add_argument("--windows", action=argparse.BooleanOptionalAction, default=True,
                        help="also PSNR/SSIM in the lung [-1000, 400] and soft-tissue [-160, 240] windows")
     samp = p.add_argument_group("sampling (LDM runs; other models ignore it)")
-    samp.add_argument("--sampler", default=None, metavar="{" + ",".join(sorted(SAMPLERS)) + "}",
-                      help="ddim, dpmpp_2m (DPM-Solver++(2M): deterministic, fewer steps) or ddpm "
-                           "(default: the model's sampler)")
     samp.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     samp.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the model's)")
     samp.add_argument("--n_samples", type=int, default=1,
@@ -95,14 +91,6 @@ def get_parser() -> argparse.ArgumentParser:
     run.add_argument("--compare", nargs="+", default=[], metavar="LOGDIR", help="other runs scored side by side")
     run.add_argument("--batch_size", type=int, default=1, help="slices per forward pass")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    proto.add_argument("--back_projection", type=int, default=0, metavar="N",
-                       help="N steps of back-projection of each trained model's SR onto its LR through the "
-                            "protocol's degradation (data consistency; default 0: off)")
-    run.add_argument("--compile", action="store_true",
-                     help="torch.compile the trained models' hot parts (UNet, encoder, decoder, LIIF query); "
-                          "falls back to eager with a warning where compilation fails")
-    run.add_argument("--precision", default="fp32", metavar="{" + ",".join(PRECISIONS) + "}",
-                     help="bf16: the trained models under bfloat16 autocast (faster on a GPU; default fp32)")
     run.add_argument("--no_ema", action="store_true", help="use the trained weights, not their EMA")
     run.add_argument("--trust_checkpoint", action="store_true",
                      help="allow checkpoints that need arbitrary unpickling (only from a trusted source)")
@@ -110,6 +98,7 @@ def get_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, help="output dir (default: <exp>/eval/<split>_lr<N>_x<S>_...)")
     run.add_argument("--overwrite", action="store_true", help="allow an existing, non-empty --out")
     run.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_model_run_options(p.add_argument_group("running the trained models"), "the protocol's degradation")
     return p
 
 
@@ -118,22 +107,12 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name}: must be >= 1, got {value}")
-    if args.back_projection < 0:
-        raise UsageError(f"--back_projection: must be >= 0, got {args.back_projection}")
-    if args.sampler is not None and args.sampler not in SAMPLERS:
-        raise UsageError(f"--sampler: expected one of {', '.join(sorted(SAMPLERS))}, got '{args.sampler}'")
     if args.eta is not None and args.eta < 0:
         raise UsageError(f"--eta: must be >= 0, got {args.eta:g}")
     if args.list and args.split:
         raise UsageError("--list and --split: give one of them")
     try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        raise UsageError(f"--device: {err}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device: CUDA is not available here (use --device cpu)")
-    try:
-        check_precision(args.precision, device)
+        check_model_run_options(args)
     except ValueError as err:
         raise UsageError(str(err)) from err
 

@@ -31,8 +31,7 @@ from ldm.experiment import Experiment, ExperimentError, load_experiment
 from ldm.inference import InputSlice, find_inputs, output_size, read_input, super_resolve_slices
 from ldm.models.base import SuperResolver
 from ldm.models.consistency import BackProjected
-from ldm.models.diffusion.samplers import SAMPLERS
-from ldm.precision import PRECISIONS, check_precision
+from ldm.run_options import add_model_run_options, check_model_run_options
 from ldm.util import ConfigError, first_line, is_out_of_memory, run_record, write_json_atomic
 
 SETUP_ERRORS = (ExperimentError, ConfigError, CheckpointMismatchError, UnsafeCheckpointError, ValueError,
@@ -47,8 +46,6 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--scale", type=float, default=None, help="scale S > 1: SR = round(h*S) x round(w*S)")
     p.add_argument("--out_size", type=int, nargs=2, default=None, metavar=("H", "W"), help="SR size instead")
-    p.add_argument("--sampler", default=None, metavar="{" + ",".join(sorted(SAMPLERS)) + "}",
-                   help="LDM sampler: ddim, dpmpp_2m (deterministic, fewer steps) or ddpm (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (LDM; default: the model's)")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (LDM; default: the model's)")
     p.add_argument("--n_samples", type=int, default=1, help="K LDM samples: SR = their mean, plus a std map")
@@ -57,18 +54,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=1,
                    help="slices of one size per forward pass (a volume's slices; faster on a GPU). Each slice "
                         "keeps its own seed, so the output does not depend on it")
-    p.add_argument("--back_projection", type=int, default=0, metavar="N",
-                   help="N steps of back-projection of the SR onto the input through the run's training "
-                        "degradation, so the SR does not contradict it (data consistency; default 0: off)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model's hot parts (faster on a GPU after the first slice; falls back "
-                        "to eager with a warning where compilation fails)")
-    p.add_argument("--precision", default="fp32", metavar="{" + ",".join(PRECISIONS) + "}",
-                   help="bf16: the model under bfloat16 autocast (faster on a GPU; default fp32)")
     p.add_argument("--no_ema", action="store_true", help="use the trained weights, not their EMA")
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow checkpoints that need arbitrary unpickling (only from a trusted source)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_model_run_options(p, "the run's training degradation (data.params.degradation)")
     return p
 
 
@@ -85,14 +75,7 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name}: must be >= 1, got {value}")
-    if args.back_projection < 0:
-        raise ValueError(f"--back_projection: must be >= 0, got {args.back_projection}")
-    if args.sampler is not None and args.sampler not in SAMPLERS:
-        raise ValueError(f"--sampler: expected one of {', '.join(sorted(SAMPLERS))}, got '{args.sampler}'")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device: CUDA is not available here (use --device cpu)")
-    check_precision(args.precision, device)
+    check_model_run_options(args)
 
 
 def sampling_record(args: argparse.Namespace, exp: Experiment) -> dict[str, object]:

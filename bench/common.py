@@ -201,8 +201,7 @@ def bf16_matmul_peak_tflops(device: torch.device, n: int = 8192, warmup: int = 5
 
 
 def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """fp32: nothing; bf16: torch.autocast, as Lightning's precision=bf16-mixed runs a step
-    (ldm.precision: what eval_sr.py and sr.py --precision run too)."""
+    """torch.autocast for "bf16", nothing for "fp32": ldm.precision's, as eval_sr.py and sr.py run."""
     from ldm.precision import autocast as precision_autocast
 
     return precision_autocast(device, dtype)

@@ -1,10 +1,11 @@
 """The README's main command (`make demo`): the whole pipeline on the embedded sample CT.
 
-sample CT -> patient-wise split (lung2 held out) -> stage 1 (autoencoder with implicit decoder)
--> stage 2 (latent diffusion) -> eval_sr.py at x2, x3.5, x4 beside bicubic and Lanczos, then once
-more with --back_projection 20 (data consistency) beside bicubic back-projected the same way.
-Small CPU configs (configs/*/ct-demo.yaml); a GPU is used when present. A re-run reuses the
-sample, the split and finished training runs, and says so; --fresh retrains.
+sample CT -> patient-wise split (lung2 held out) -> LIIF baseline with the LR skip -> stage 1
+(autoencoder with implicit decoder) -> stage 2 (latent diffusion) -> stage 3 (alignment) ->
+eval_sr.py at x2, x3.5, x4: bicubic, Lanczos, LIIF, the first stage, the LDM (one sample and the
+mean of K) and stage 3 in one table. Small CPU configs (configs/*/ct-demo*.yaml, liif-demo.yaml);
+a GPU is used when present. A re-run reuses the sample, the split and finished training runs, and
+says so; --fresh retrains.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent
+LIIF_CFG = "configs/baselines/liif-demo.yaml"
 FIRST_STAGE_CFG = "configs/first-stage/ct-demo.yaml"
 LDM_CFG = "configs/latent-diffusion/ct-demo.yaml"
+ALIGN_CFG = "configs/latent-diffusion/ct-demo-align.yaml"  # an overlay on LDM_CFG
 TEST_PATIENT = "chest_lung2"
 
 
@@ -44,13 +47,13 @@ def finished_run(logs: Path, name: str) -> Path | None:
     return None
 
 
-def train(name: str, config: str, extra: list[str], args: argparse.Namespace) -> Path:
+def train(name: str, configs: list[str], extra: list[str], args: argparse.Namespace) -> Path:
     logs = REPO / args.logdir
     if not args.fresh and (existing := finished_run(logs, name)):
         print(f"reusing finished run {existing} (--fresh retrains)")
         return existing
     gpus = ["--gpus", "0,"] if torch.cuda.is_available() else []
-    run([sys.executable, "main.py", "--base", config, "-t", "-n", name, "-l", args.logdir, *gpus, *extra])
+    run([sys.executable, "main.py", "--base", *configs, "-t", "-n", name, "-l", args.logdir, *gpus, *extra])
     run_dir = sorted(logs.glob(f"*_{name}"))[-1]
     (run_dir / "checkpoints" / "DONE").write_text("training finished\n")
     return run_dir
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr_size", type=int, default=32)
     parser.add_argument("--scales", type=float, nargs="+", default=[2.0, 3.5, 4.0])
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps for the evaluation")
+    parser.add_argument("--n_samples", type=int, default=4, help="K of the LDM's mean-of-K rows")
+    parser.add_argument("--every", type=int, default=4, help="evaluate every n-th test slice (CPU time)")
     parser.add_argument("--first_k", type=int, default=None, help="evaluate only the first k test slices")
     parser.add_argument("--overrides", nargs="*", default=[],
                         help="key=value overrides for both training configs (tests use tiny ones)")
@@ -89,31 +94,38 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = [f"data.params.root={data / 'CT'}", *[f"data.params.{s}_list={data / f'{s}.txt'}"
                       for s in ("train", "val", "test")], *args.overrides]
 
-    banner("3/5 stage 1: autoencoder with an implicit neural decoder")
-    first = train("demo-first-stage", FIRST_STAGE_CFG, args.overrides, args)
+    banner("3/7 LIIF baseline with the LR skip (the regression method to beat)")
+    liif = train("demo-liif", [LIIF_CFG], args.overrides, args)
 
-    banner("4/5 stage 2: latent diffusion conditioned on the LR slice")
+    banner("4/7 stage 1: autoencoder with an implicit neural decoder")
+    first = train("demo-first-stage", [FIRST_STAGE_CFG], args.overrides, args)
+
+    banner("5/7 stage 2: latent diffusion conditioned on the LR slice")
     ckpt = first / "checkpoints" / "last.ckpt"
-    ldm = train("demo-ldm", LDM_CFG,
+    ldm = train("demo-ldm", [LDM_CFG],
                 [f"model.params.first_stage_config.params.ckpt_path={ckpt}", *args.overrides], args)
 
-    banner(f"5/5 evaluation on {TEST_PATIENT}: LR {args.lr_size} px at x{', x'.join(f'{s:g}' for s in args.scales)}")
-    out, out_bp = ldm / "eval" / "demo", ldm / "eval" / "demo-bp20"
-    common = [sys.executable, "eval_sr.py", "--exp", str(ldm), "--compare", str(first), "--lr_size",
-              str(args.lr_size), "--scale_ratio", *[f"{s:g}" for s in args.scales], "--steps", str(args.steps),
-              "--split", "test", "--device", device, "--overwrite"]
+    banner("6/7 stage 3: alignment through the fixed decoder")
+    aligned = train("demo-ldm-align", [LDM_CFG, ALIGN_CFG],
+                    [f"model.params.ckpt_path={ldm / 'checkpoints' / 'last.ckpt'}", *args.overrides], args)
+
+    banner(f"7/7 evaluation on {TEST_PATIENT}: LR {args.lr_size} px at x{', x'.join(f'{s:g}' for s in args.scales)}")
+    out = aligned / "eval" / "demo"
+    cmd = [sys.executable, "eval_sr.py", "--exp", str(aligned), "--compare", str(liif), str(first), str(ldm),
+           "--lr_size", str(args.lr_size), "--scale_ratio", *[f"{s:g}" for s in args.scales],
+           "--steps", str(args.steps), "--n_samples", str(args.n_samples), "--split", "test",
+           "--every", str(args.every), "--device", device, "--overwrite", "--save_image", "--out", str(out)]
     if args.first_k:
-        common += ["--first_k", str(args.first_k)]
-    run([*common, "--save_image", "--out", str(out)])
-    # the same models made consistent with their input, beside bicubic projected the same way
-    run([*common, "--back_projection", "20", "--out", str(out_bp)])
+        cmd += ["--first_k", str(args.first_k)]
+    run(cmd)
 
     banner(f"done in {(time.time() - start) / 60:.1f} min")
+    print(f"LIIF run:        {liif}")
     print(f"stage 1 run:     {first}")
     print(f"stage 2 run:     {ldm}")
+    print(f"stage 3 run:     {aligned}")
     print(f"metrics:         {out}/summary.json (+ one folder per scale with metrics.json, CSV)")
-    print(f"back-projected:  {out_bp}/summary.json (--back_projection 20, with bicubic+bp)")
-    print(f"figures:         {out}/x*/images/ (LR | bicubic | SR | GT | |error|), {out}/psnr_vs_scale.png")
+    print(f"figures:         {out}/x*/images/, {out}/psnr_vs_scale.png")
     return 0
 
 

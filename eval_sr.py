@@ -75,6 +75,7 @@ def get_parser() -> argparse.ArgumentParser:
     data.add_argument("--data_root", default=None,
                       help="root of --list / the split; given alone, every PNG under it is evaluated")
     data.add_argument("--first_k", type=int, default=None, help="only the first k slices of the list")
+    data.add_argument("--every", type=int, default=1, help="only every n-th slice of the list (before --first_k)")
     proto = p.add_argument_group("protocol")
     proto.add_argument("--degradation", choices=("bicubic", "ct"), default=None,
                        help="LR model (default: the run's data.params.degradation, else bicubic)")
@@ -130,7 +131,7 @@ def select_slices(args: argparse.Namespace, exp: Experiment) -> tuple[SliceSet, 
         if not list_file:
             raise UsageError(f"{exp.config_path}: data.params.{split}_list is empty; pass --list or --data_root")
         root, label = args.data_root or params.get("root", "data/CT"), split
-    slices = scan(slice_paths(root, list_file), root, args.lr_size, args.first_k)
+    slices = scan(slice_paths(root, list_file), root, args.lr_size, args.first_k, args.every)
     source = {"split": label, "root": str(root), "list": str(list_file) if list_file else None}
     return slices, source
 
@@ -146,6 +147,8 @@ def default_out(args: argparse.Namespace, exp: Experiment, protocol: Protocol, l
         parts.append(f"steps{args.steps}")
     if args.n_samples > 1:
         parts.append(f"k{args.n_samples}")
+    if args.every > 1:
+        parts.append(f"every{args.every}")
     if args.first_k is not None:
         parts.append(f"first{args.first_k}")
     if args.precision != "fp32":
@@ -178,12 +181,10 @@ def make_out_dir(args: argparse.Namespace, default: Path) -> Path:
     return out
 
 
-def effective_sampling(args: argparse.Namespace, run: Experiment) -> dict[str, Any]:
-    """What an LDM run samples with (LatentDiffusionSR.sampling_settings: the requested sampler,
-    steps and eta, else its config's), and the sample count."""
-    if run.kind != "ldm":
-        return {}
-    return {**run.model.sampling_settings(args.sampler, args.steps, args.eta), "n_samples": args.n_samples}
+def effective_sampling(args: argparse.Namespace, run: Experiment, n_samples: int) -> dict[str, Any]:
+    """What an LDM row samples with (LatentDiffusionSR.sampling_settings: the requested sampler,
+    steps and eta, else its config's), and its sample count."""
+    return {**run.model.sampling_settings(args.sampler, args.steps, args.eta), "n_samples": n_samples}
 
 
 def build_methods(args: argparse.Namespace, exp: Experiment, others: list[Experiment], data_kind: str,
@@ -206,28 +207,42 @@ def build_methods(args: argparse.Namespace, exp: Experiment, others: list[Experi
             n += 1
             name = f"{run.name}-{n}"
         used.add(name)
-        resolver = run.model
-        if args.compile:
-            compile_parts(hot_parts(run.model))
-        if data_kind == "hu" and run.hu_window != exp.hu_window:
-            resolver = Rewindowed(run.model, run.hu_window, exp.hu_window)
-        sampling: dict[str, Any] = {}
-        if run.kind == "ldm":
-            sampling = {k: getattr(args, k) for k in ("sampler", "steps", "eta") if getattr(args, k) is not None}
-            sampling["n_samples"] = args.n_samples
-        info = {**run.describe(), **({"sampling": effective_sampling(args, run)} if run.kind == "ldm" else {})}
-        if args.back_projection:
-            resolver = BackProjected(resolver, degradation, args.back_projection)
-            info["back_projection"] = resolver.describe()
-        methods.append(Method(name, resolver, run.kind, sampling, seeded=run.kind == "ldm",
-                              device=args.device, info=info, precision=args.precision))
+        methods.extend(run_methods(args, run, name, exp, data_kind, degradation))
     return methods
+
+
+def run_methods(args: argparse.Namespace, run: Experiment, name: str, exp: Experiment, data_kind: str,
+                degradation: str) -> list[Method]:
+    """The rows of one trained run: one, or for an LDM with --n_samples K > 1 two: `name (1 sample)`
+    and `name (mean of K)`. The mean of K posterior samples is a regression-like estimate that
+    scores higher than any one sample (up to 10 log10(2K/(K+1)) dB for an ideal sampler), so both
+    are shown and named for what they score."""
+    resolver = run.model
+    if args.compile:
+        compile_parts(hot_parts(run.model))
+    if data_kind == "hu" and run.hu_window != exp.hu_window:
+        resolver = Rewindowed(run.model, run.hu_window, exp.hu_window)
+    info = run.describe()
+    if args.back_projection:
+        resolver = BackProjected(resolver, degradation, args.back_projection)
+        info["back_projection"] = resolver.describe()
+    if run.kind != "ldm":
+        return [Method(name, resolver, run.kind, device=args.device, info=info, precision=args.precision)]
+    sampling = {k: getattr(args, k) for k in ("sampler", "steps", "eta") if getattr(args, k) is not None}
+    counts = [1] if args.n_samples == 1 else [1, args.n_samples]
+    rows = []
+    for k in counts:
+        label = name if args.n_samples == 1 else (f"{name} (1 sample)" if k == 1 else f"{name} (mean of {k})")
+        rows.append(Method(label, resolver, run.kind, {**sampling, "n_samples": k}, seeded=True,
+                           device=args.device, info={**info, "sampling": effective_sampling(args, run, k)},
+                           precision=args.precision))
+    return rows
 
 
 def metadata(args: argparse.Namespace, argv: list[str], exp: Experiment, protocol: Protocol,
              slices: SliceSet, source: dict[str, Any], methods: list[Method]) -> dict[str, Any]:
     hu = slices.data_kind == "hu"
-    sampling = effective_sampling(args, exp)
+    sampling = effective_sampling(args, exp, args.n_samples) if exp.kind == "ldm" else {}
     return {
         "kind": exp.kind,
         "lr_size": protocol.lr_size,

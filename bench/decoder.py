@@ -49,7 +49,7 @@ from bench.common import (  # noqa: E402
     write_json,
 )
 from ldm.modules.implicit.coords import make_cell, make_coord  # noqa: E402
-from ldm.modules.implicit.liif import LIIF  # noqa: E402
+from ldm.modules.implicit.liif import LIIF, lr_reading  # noqa: E402
 
 SIZES = ["512:2048", "512:4096"]
 CHUNKS = ["65536", "262144", "1048576", "full"]
@@ -73,8 +73,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def naive_liif(liif: LIIF, feat: torch.Tensor, coords: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+def naive_liif(
+    liif: LIIF, feat: torch.Tensor, coords: torch.Tensor, cells: torch.Tensor, lr: torch.Tensor | None = None
+) -> torch.Tensor:
     """LIIF's query_rgb as published, with liif's weights: feat (B, C, h, w), coords/cells (B, n, 2) -> (B, n, out).
+
+    With lr (an lr_skip decoder): its pixel size as the lr_cell inputs and its bicubic reading added.
 
     Not importable from the project (its copy lives in tests/modules/test_liif.py, a test file), so
     a compact one is kept here: it is the plain version the grid-first query is timed against.
@@ -92,20 +96,25 @@ def naive_liif(liif: LIIF, feat: torch.Tensor, coords: torch.Tensor, cells: torc
         q_feat = F.grid_sample(feat, grid, mode="nearest", align_corners=False)[:, :, 0].transpose(1, 2)
         q_coord = F.grid_sample(feat_coord, grid, mode="nearest", align_corners=False)[:, :, 0].transpose(1, 2)
         rel = (coords - q_coord) * size
-        x = torch.cat([q_feat, rel.to(q_feat.dtype), (cells * size).to(q_feat.dtype)], dim=-1)
+        inputs = [q_feat, rel.to(q_feat.dtype), (cells * size).to(q_feat.dtype)]
+        if liif.lr_cell:
+            lr_cell = 2.0 / coords.new_tensor([lr.shape[-2], lr.shape[-1]])
+            inputs.append((lr_cell * size).expand_as(cells).to(q_feat.dtype))
+        x = torch.cat(inputs, dim=-1)
         for i, layer in enumerate(liif.layers):
             x = layer(x if i == 0 else F.relu(x))
         preds.append(x)
         areas.append((rel[..., 0] * rel[..., 1]).abs() + 1e-9)
     total = torch.stack(areas).sum(0)
-    return sum(p * (a / total)[..., None] for p, a in zip(preds, areas[::-1], strict=True))
+    values = sum(p * (a / total)[..., None] for p, a in zip(preds, areas[::-1], strict=True))
+    return values if lr is None else values + lr_reading(lr, coords)
 
 
-def naive_render(liif: LIIF, feat: torch.Tensor, out: int, chunk: int) -> torch.Tensor:
+def naive_render(liif: LIIF, feat: torch.Tensor, out: int, chunk: int, lr: torch.Tensor | None = None) -> torch.Tensor:
     b = feat.shape[0]
     coords = make_coord((out, out), device=feat.device).expand(b, -1, 2)
     cells = make_cell((out, out), device=feat.device).expand(b, -1, 2)
-    parts = [naive_liif(liif, feat, coords[:, i : i + chunk], cells[:, i : i + chunk])
+    parts = [naive_liif(liif, feat, coords[:, i : i + chunk], cells[:, i : i + chunk], lr)
              for i in range(0, out * out, chunk)]
     return torch.cat(parts, dim=1).transpose(1, 2).reshape(b, -1, out, out)
 
@@ -180,14 +189,15 @@ def bench_size(args: argparse.Namespace, model: Any, in_size: int, out: int, chu
         for dtype in args.dtype:  # fp32 first (the choices' order): its output is every row's reference
             row = {**base, "kind": "naive", "chunk": str(naive_chunk), "dtype": dtype, "compile": False}
             with torch.no_grad(), autocast(device, dtype):
-                result = measure_row(row, lambda: naive_render(liif, feat, out, naive_chunk), args, args.warmup, None)
+                naive = lambda: naive_render(liif, feat, out, naive_chunk, lr)  # noqa: E731
+                result = measure_row(row, naive, args, args.warmup, None)
             if dtype == "fp32":
                 reference = result
             elif reference is not None and result is not None:
                 row["rel_err"] = rel_err(result, reference)
             rows.append(row)
     for use_compile, dtype in itertools.product(compile_variants(args.compile), args.dtype):
-        first = lambda: liif.render(feat, (out, out), chunk_size=chunks[0])
+        first = lambda: liif.render(feat, (out, out), lr=lr, chunk_size=chunks[0])
         owners = [(liif, "_query"), (model.decoder, "forward")]  # the per-chunk query and the conv decoder
         compiling = compiled(owners, first, args.compile_mode) if use_compile else contextlib.nullcontext(None)
         warmup = max(args.warmup, 1) if use_compile else args.warmup  # each new chunk shape recompiles
@@ -198,13 +208,13 @@ def bench_size(args: argparse.Namespace, model: Any, in_size: int, out: int, chu
             for chunk in chunks:
                 row = {**base, "kind": "liif", "chunk": "full" if chunk is None else str(chunk), "dtype": dtype,
                        "compile": use_compile}
-                call = lambda chunk=chunk: liif.render(feat, (out, out), chunk_size=chunk)
+                call = lambda chunk=chunk: liif.render(feat, (out, out), lr=lr, chunk_size=chunk)
                 measure_row(row, call, args, warmup, reference)
                 rows.append(row)
             row = {**base, "kind": "decode", "chunk": str(model.chunk_size or "full"), "dtype": dtype,
                    "compile": use_compile}
             decode = lambda: model.decode(z, (out, out), lr=lr)
-            measure_row(row, decode, args, warmup, None if model.lr_skip else reference)
+            measure_row(row, decode, args, warmup, reference)
             rows.append(row)
     return rows
 

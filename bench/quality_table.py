@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,7 +65,10 @@ def read_results(folders: Sequence[Path]) -> Table:
                 ratio = float(scale["scale_ratio"])
                 for method, metrics in scale["methods"].items():
                     info = doc["method_info"].get(method, {})
-                    samples = int(doc.get("n_samples") or 1) if info.get("kind") == "ldm" else 1
+                    samples = 1
+                    if info.get("kind") == "ldm":  # eval_sr names a K > 1 run's rows "<run> (1 sample)" / "(mean of K)"
+                        samples = int(info.get("sampling", {}).get("n_samples") or doc.get("n_samples") or 1)
+                        method = re.sub(r" \((1 sample|mean of \d+)\)$", "", method)
                     projected = info.get("back_projection") and not method.endswith(BP)  # eval_sr's bicubic+bp
                     name = method + BP if projected else method
                     table.setdefault((name, samples), {})[ratio] = metrics

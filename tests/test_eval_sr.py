@@ -205,10 +205,14 @@ def test_n_samples_saves_std_maps_and_a_csv_column(capsys, fake_ldm, tmp_path):
     # the stand-in adds N(0, 0.02^2) in model units; the population std of 3 draws averages
     # sigma * E[chi_2] / sqrt(3) = sigma * 1.2533 / 1.7321, in HU sigma = 0.02 * 4095 / 2
     expected_hu = 0.02 * 4095 / 2 * 1.2533 / 3**0.5
-    assert doc["methods"]["sampler"]["std_hu"] == pytest.approx(expected_hu, rel=0.1)
+    # K > 1: a 1-sample row beside the mean-of-K row, each named for what it scores
+    assert list(doc["methods"])[-2:] == ["sampler (1 sample)", "sampler (mean of 3)"]
+    assert doc["method_info"]["sampler (1 sample)"]["sampling"]["n_samples"] == 1
+    assert "std_hu" not in doc["methods"]["sampler (1 sample)"]
+    assert doc["methods"]["sampler (mean of 3)"]["std_hu"] == pytest.approx(expected_hu, rel=0.1)
     assert "std_hu" not in doc["methods"]["bicubic"]
     rows = read_csv(tmp_path / "e" / "per_image.csv")
-    assert all((r["std_hu"] != "") == (r["method"] == "sampler") for r in rows)
+    assert all((r["std_hu"] != "") == (r["method"] == "sampler (mean of 3)") for r in rows)
     std_map = tmp_path / "e" / "images" / "chest" / "chest_lung2_s01_slice_013_std.png"
     with Image.open(std_map) as im:
         std = np.array(im)
@@ -217,16 +221,16 @@ def test_n_samples_saves_std_maps_and_a_csv_column(capsys, fake_ldm, tmp_path):
     assert (tmp_path / "e" / "images" / "chest" / "chest_lung2_s01_slice_013_sr.png").is_file()
 
 
-def test_save_image_writes_hu_pngs_and_panels(capsys, fake_run, tmp_path):
+def test_save_image_writes_hu_pngs_and_comparison_figures(capsys, fake_run, tmp_path):
     rc, _, _ = run(capsys, "--exp", fake_run, "--lr_size", 16, "--scale_ratio", 3, "--save_image",
                    "--out", tmp_path / "e")
     assert rc == 0
     images = tmp_path / "e" / "images" / "chest"
-    assert len(list(images.glob("*_sr.png"))) == 4 and len(list(images.glob("*_panel.png"))) == 4
+    assert len(list(images.glob("*_sr.png"))) == 4 and len(list(images.glob("*_compare.png"))) == 4
     values, kind = read_slice(images / "chest_lung2_s01_slice_013_sr.png")
     assert kind == "hu" and values.shape == (48, 48) and values.min() < -500 < values.max()
-    with Image.open(images / "chest_lung2_s01_slice_013_panel.png") as panel:
-        assert panel.size == (5 * 48, 48)
+    with Image.open(images / "chest_lung2_s01_slice_013_compare.png") as figure:
+        assert figure.format == "PNG" and figure.size[0] > figure.size[1] > 300  # methods side by side
 
 
 def test_default_out_is_in_the_log_dir_and_never_reused(capsys, fake_run):
@@ -358,12 +362,14 @@ def test_tiny_ldm_against_the_tiny_first_stage(capsys, tiny_runs, tmp_path):
     assert "kind: ldm" in out
     doc = load_json(tmp_path / "ldm" / "x4" / "metrics.json")
     assert (doc["steps"], doc["eta"], doc["n_samples"]) == (2, 1.0, 2)  # eta: the config's sample_eta
-    assert list(doc["methods"]) == ["bicubic", "lanczos", "first_stage-tiny", "ldm-tiny"]
+    assert list(doc["methods"]) == ["bicubic", "lanczos", "first_stage-tiny", "ldm-tiny (1 sample)",
+                                    "ldm-tiny (mean of 2)"]
     assert doc["method_info"]["first_stage-tiny"]["kind"] == "first_stage"
-    assert doc["method_info"]["ldm-tiny"]["ckpt_sha256"] == doc["ckpt_sha256"]
-    assert "std_hu" in doc["methods"]["ldm-tiny"] and "std_hu" in read_csv(tmp_path / "ldm" / "x4" / "per_image.csv")[0]
+    assert doc["method_info"]["ldm-tiny (mean of 2)"]["ckpt_sha256"] == doc["ckpt_sha256"]
+    assert "std_hu" in doc["methods"]["ldm-tiny (mean of 2)"]
+    assert "std_hu" in read_csv(tmp_path / "ldm" / "x4" / "per_image.csv")[0]
     images = tmp_path / "ldm" / "x4" / "images" / "chest"
-    assert len(list(images.glob("*_std.png"))) == 1 and len(list(images.glob("*_panel.png"))) == 1
+    assert len(list(images.glob("*_std.png"))) == 1 and len(list(images.glob("*_compare.png"))) == 1
     assert (tmp_path / "ldm" / "psnr_vs_scale.png").is_file()
 
     rc, out, err = run(capsys, "--exp", tiny_runs["first_stage"], "--compare", tiny_runs["ldm"], "--lr_size", 16,

@@ -3,8 +3,10 @@
 <name>_sr.png     the SR in the data's own convention: 16-bit HU+1024, or 8-bit for 8-bit data
 <name>_std.png    with K > 1 samples, the per-pixel standard deviation of the samples:
                   16-bit with pixel value = std in HU (not HU+1024), or 8-bit levels for 8-bit data
-<name>_panel.png  LR (nearest) | bicubic | SR | GT | |SR - GT|, 8-bit for viewing, in the model's
-                  window; the error panel is white at 10 % of the window width
+<name>_compare.png  HU data: every method side by side, labelled with PSNR / SSIM, in the
+                  soft-tissue and (zoomed) lung windows, with |error| in HU (ldm.evaluation.figures)
+<name>_panel.png  8-bit data: LR (nearest) | bicubic | SR | GT | |SR - GT|, the error white at 10 %
+                  of the range
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from PIL import Image
 
 from ldm.data.degradation import upsample
 from ldm.data.intensity import Window, from_model_range, write_png8, write_png16_hu
+from ldm.evaluation.figures import comparison_figure
 from ldm.evaluation.slices import SliceRef
 from ldm.metrics import unit_to_01
 from ldm.util import atomic_path
@@ -83,7 +86,11 @@ def image_writer(
                 write_std(f"{stem}_std.png", std[i, 0], data_kind, hu_window)
             if save_images or std is not None:
                 write_sr(f"{stem}_sr.png", sr[i, 0], data_kind, hu_window)
-            if save_images and bicubic is not None:
+            if save_images and data_kind == "hu":
+                shown = {name: out[0][i] for name, out in outputs.items()}
+                title = f"{ref.name}  x{scale:g}"
+                comparison_figure(f"{stem}_compare.png", lr[i], gt[i], shown, hu_window, title)
+            elif save_images and bicubic is not None:
                 write_png8(f"{stem}_panel.png", panel(lr[i], bicubic[i], sr[i], gt[i]))
 
     return sink

@@ -56,9 +56,16 @@ def relative_name(path: Path, root: Path) -> str:
         return Path(os.path.relpath(path, root)).as_posix()
 
 
-def scan(paths: list[Path], root: str | os.PathLike[str], lr_size: int, first_k: int | None = None) -> SliceSet:
-    """Read every slice once: unreadable ones are skipped with their reason, the rest must fit lr_size."""
+def scan(
+    paths: list[Path], root: str | os.PathLike[str], lr_size: int, first_k: int | None = None, every: int = 1
+) -> SliceSet:
+    """Read every slice once: unreadable ones are skipped with their reason, the rest must fit lr_size.
+
+    every: keep every n-th slice of the list (a fixed stride through a volume), then first_k."""
     root = Path(root)
+    if every < 1:
+        raise SliceSetError(f"--every: must be >= 1, got {every}")
+    paths = paths[::every]
     if first_k is not None:
         if first_k <= 0:
             raise SliceSetError(f"--first_k: must be positive, got {first_k}")

@@ -17,19 +17,22 @@ TINY = ["lightning.trainer.max_steps=3", "lightning.trainer.max_time=null", "dat
 def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, fixtures_dir):
     shutil.copytree(fixtures_dir / "CT", tmp_path / "data" / "CT")
     cmd = [sys.executable, "demo.py", "--data_dir", str(tmp_path / "data"), "--no_fetch", "--logdir",
-           str(tmp_path / "logs"), "--lr_size", "16", "--scales", "2", "3.5", "--steps", "2", "--overrides", *TINY]
+           str(tmp_path / "logs"), "--lr_size", "16", "--scales", "2", "3.5", "--steps", "2", "--n_samples", "2",
+           "--every", "1", "--overrides", *TINY]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert "x3.5" in out and "bicubic" in out and "lanczos" in out and "demo-ldm" in out
-    eval_dir = next((tmp_path / "logs").glob("*_demo-ldm")) / "eval" / "demo"
+    assert "x3.5" in out and "bicubic" in out and "lanczos" in out
+    eval_dir = next((tmp_path / "logs").glob("*_demo-ldm-align")) / "eval" / "demo"
     summary = json.loads((eval_dir / "summary.json").read_text())
     assert set(summary["scales"]) == {"x2", "x3.5"}
-    assert (eval_dir / "psnr_vs_scale.png").is_file() and list((eval_dir / "x2" / "images").rglob("*panel*.png"))
-    projected = json.loads((eval_dir.parent / "demo-bp20" / "summary.json").read_text())
-    assert "bicubic+bp" in projected["scales"]["x2"]["methods"] and projected["back_projection"]["iterations"] == 20
+    # every row the README's table has: baselines, LIIF, first stage, LDM (1 sample and mean of K), stage 3
+    rows = set(summary["scales"]["x2"]["methods"])
+    assert rows == {"bicubic", "lanczos", "demo-liif", "demo-first-stage", "demo-ldm (1 sample)",
+                    "demo-ldm (mean of 2)", "demo-ldm-align (1 sample)", "demo-ldm-align (mean of 2)"}, rows
+    assert (eval_dir / "psnr_vs_scale.png").is_file() and list((eval_dir / "x2" / "images").rglob("*_compare.png"))
     # a second run reuses the split and the finished runs
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert again.returncode == 0 and again.stdout.count("reusing") == 3
+    assert again.returncode == 0 and again.stdout.count("reusing") == 5

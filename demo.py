@@ -79,13 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {device}")
 
     data = Path(args.data_dir)
-    banner("1/5 sample CT (real chest and head CT from package registries, 16-bit HU PNGs)")
+    banner("1/7 sample CT (real chest and head CT from package registries, 16-bit HU PNGs)")
     if args.no_fetch:
         print(f"using the slices in {data / 'CT'} (--no_fetch)")
     else:
         run([sys.executable, "-m", "ldm.data.sample", "--out", str(data / "CT")])
 
-    banner(f"2/5 patient-wise split ({TEST_PATIENT} held out for testing)")
+    banner(f"2/7 patient-wise split ({TEST_PATIENT} held out for testing)")
     if all((REPO / data / f"{s}.txt").is_file() for s in ("train", "val", "test")):
         print(f"reusing {data}/train.txt, val.txt, test.txt (delete them to split again)")
     else:

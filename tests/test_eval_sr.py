@@ -25,6 +25,7 @@ from ldm.data.intensity import FULL_WINDOW, LUNG_WINDOW, hu_window, read_slice, 
 from ldm.evaluation.methods import BicubicBaseline, LanczosBaseline, Rewindowed
 from ldm.evaluation.protocol import Protocol, image_seed, scale_name
 from ldm.evaluation.scoring import rewindow
+from ldm.evaluation.slices import SliceSetError, scan, slice_paths
 
 eval_sr = load_script("eval_sr")
 
@@ -264,6 +265,28 @@ def test_a_folder_of_slices_skips_and_counts_a_corrupt_file(capsys, fake_run, ct
     doc = load_json(out_dir / "metrics.json")
     assert doc["n_images"] == 12 and doc["n_skipped"] == 1 and doc["skipped"][0]["image"] == "head/broken.png"
     assert doc["data"] == {"split": "folder", "root": str(ct_tree), "list": None}
+
+
+def test_a_set_with_no_readable_slice_names_each_file_and_its_reason(capsys, fake_run, tmp_path):
+    """With no good slice beside them, the bad ones are still named, with why (one line, capped)."""
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.png").write_text("not an image")
+    rc, out, err = run(capsys, "--exp", fake_run, "--lr_size", 16, "--scale_ratio", 2, "--data_root", root,
+                       "--out", tmp_path / "e")
+    assert rc == 2 and not (tmp_path / "e").exists()
+    message = err.strip().splitlines()[-1]
+    assert "none of the 2 slice(s) could be read" in message
+    assert "empty.png: not a PNG file" in message and "text.png: not a PNG file" in message
+
+    for i in range(7):
+        (root / f"more_{i}.png").write_bytes(b"")
+    with pytest.raises(SliceSetError) as refused:
+        scan(slice_paths(root), root, lr_size=16)
+    message = str(refused.value)
+    assert "none of the 9 slice(s)" in message and message.count("not a PNG file") == 5
+    assert message.endswith("; and 4 more") and len(message.splitlines()) == 1
 
 
 def test_a_list_file_relative_to_a_data_root(capsys, fake_run, ct_tree, tmp_path):

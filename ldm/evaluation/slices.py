@@ -85,10 +85,21 @@ def scan(
         refs.append(SliceRef(path, name, (int(values.shape[0]), int(values.shape[1]))))
         kinds.add(kind)
     if not refs:
-        raise SliceSetError(f"{root}: none of the {len(paths)} slice(s) could be read")
+        raise SliceSetError(f"{root}: none of the {len(paths)} slice(s) could be read: {unreadable_summary(skipped)}")
     if len(kinds) > 1:
         raise SliceSetError(f"{root}: mixes 16-bit HU and 8-bit slices; evaluate them separately")
     return SliceSet(root=root, slices=refs, data_kind=kinds.pop(), skipped=skipped)
+
+
+def unreadable_summary(skipped: list[dict[str, str]], most: int = 5) -> str:
+    """The first `most` unreadable slices' reasons (each names its file) on one line, then how many more.
+
+    One line, because a refused set is reported as one; capped, because a folder of thousands of
+    files of the wrong kind must not print thousands of reasons.
+    """
+    shown = "; ".join(item["reason"] for item in skipped[:most])
+    more = len(skipped) - most
+    return shown + (f"; and {more} more" if more > 0 else "")
 
 
 def load(ref: SliceRef, hu_window: Window) -> torch.Tensor:

@@ -184,7 +184,7 @@ def make_out_dir(args: argparse.Namespace, default: Path) -> Path:
 def effective_sampling(args: argparse.Namespace, run: Experiment, n_samples: int) -> dict[str, Any]:
     """What an LDM row samples with (LatentDiffusionSR.sampling_settings: the requested sampler,
     steps and eta, else its config's), and its sample count."""
-    return {**run.model.sampling_settings(args.sampler, args.steps, args.eta), "n_samples": n_samples}
+    return {**run.model.sampling_settings(args.sampler, args.steps, args.eta, args.tile), "n_samples": n_samples}
 
 
 def build_methods(args: argparse.Namespace, exp: Experiment, others: list[Experiment], data_kind: str,
@@ -228,7 +228,7 @@ def run_methods(args: argparse.Namespace, run: Experiment, name: str, exp: Exper
         info["back_projection"] = resolver.describe()
     if run.kind != "ldm":
         return [Method(name, resolver, run.kind, device=args.device, info=info, precision=args.precision)]
-    sampling = {k: getattr(args, k) for k in ("sampler", "steps", "eta") if getattr(args, k) is not None}
+    sampling = {k: getattr(args, k) for k in ("sampler", "steps", "eta", "tile") if getattr(args, k) is not None}
     counts = [1] if args.n_samples == 1 else [1, args.n_samples]
     rows = []
     for k in counts:

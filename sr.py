@@ -82,14 +82,14 @@ def sampling_record(args: argparse.Namespace, exp: Experiment) -> dict[str, obje
     """What an LDM samples with, defaults resolved (for sr_run.json); {} for deterministic models."""
     if exp.kind != "ldm":
         return {}
-    return {**exp.model.sampling_settings(args.sampler, args.steps, args.eta), "n_samples": args.n_samples}
+    return {**exp.model.sampling_settings(args.sampler, args.steps, args.eta, args.tile), "n_samples": args.n_samples}
 
 
 def sampling_of(args: argparse.Namespace, exp: Experiment) -> dict[str, object]:
     """super_resolve keywords: sampling options for an LDM; deterministic models take none."""
     if exp.kind != "ldm":
         return {}
-    sampling: dict[str, object] = {k: getattr(args, k) for k in ("sampler", "steps", "eta")
+    sampling: dict[str, object] = {k: getattr(args, k) for k in ("sampler", "steps", "eta", "tile")
                                    if getattr(args, k) is not None}
     sampling["n_samples"] = args.n_samples
     return sampling

@@ -12,11 +12,14 @@ from ldm.precision import PRECISIONS, check_precision
 
 
 def add_model_run_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, degradation: str) -> None:
-    """--sampler, --back_projection N, --compile, --precision; `degradation` names the D that
+    """--sampler, --tile N, --back_projection N, --compile, --precision; `degradation` names the D that
     back-projection goes through (the protocol's in eval_sr.py, the run's training one in sr.py)."""
     parser.add_argument("--sampler", default=None, metavar="{" + ",".join(sorted(SAMPLERS)) + "}",
                         help="LDM sampler: ddim, dpmpp_2m (DPM-Solver++(2M): deterministic, fewer steps) or ddpm "
                              "(default: the model's)")
+    parser.add_argument("--tile", type=int, default=None, metavar="N",
+                        help="LDM: denoise latents larger than N x N latent pixels in overlapping tiles, which bounds "
+                             "memory at any output size (default: the model's sample_tile, 128; 0: never tile)")
     parser.add_argument("--back_projection", type=int, default=0, metavar="N",
                         help=f"N steps of back-projection of each trained model's SR onto its LR through {degradation}"
                              ", so it does not contradict its input (data consistency; default 0: off)")
@@ -31,6 +34,8 @@ def check_model_run_options(args: argparse.Namespace) -> None:
     """ValueError naming the flag for a bad --sampler, --back_projection, --device or --precision."""
     if args.back_projection < 0:
         raise ValueError(f"--back_projection: must be >= 0, got {args.back_projection}")
+    if args.tile is not None and args.tile < 0:
+        raise ValueError(f"--tile: must be >= 0 latent pixels (0: never tile), got {args.tile}")
     if args.sampler is not None and args.sampler not in SAMPLERS:
         raise ValueError(f"--sampler: expected one of {', '.join(sorted(SAMPLERS))}, got '{args.sampler}'")
     try:

@@ -67,11 +67,12 @@ class FakeLDM(FakeSR):
         self.noise = noise
         self.calls = []
 
-    def sampling_settings(self, sampler=None, steps=None, eta=None):
-        return {"sampler": sampler or "ddim", "steps": steps or 50, "eta": 1.0 if eta is None else eta}
+    def sampling_settings(self, sampler=None, steps=None, eta=None, tile=None):
+        return {"sampler": sampler or "ddim", "steps": steps or 50, "eta": 1.0 if eta is None else eta,
+                "tile": tile or None}
 
     def super_resolve(self, lr, out_size, steps=None, eta=None, n_samples=1, sampler="ddim", seed=None,
-                      generator=None, progress=False):
+                      generator=None, progress=False, tile=None):
         self.calls.append({"steps": steps, "eta": eta, "n_samples": n_samples, "seed": seed})
         seeds = [seed] * lr.shape[0] if isinstance(seed, int) else seed
         base = super().super_resolve(lr, out_size)

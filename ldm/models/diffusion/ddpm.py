@@ -23,6 +23,7 @@ from ldm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
 from ldm.models.base import EMAMixin, check_out_size, init_from_checkpoint, model_input_size
 from ldm.models.diffusion.samplers import SAMPLERS, seeded_randn
 from ldm.models.diffusion.schedule import DiffusionSchedule
+from ldm.models.diffusion.tiles import tiled
 from ldm.modules.resample import check_upsample_mode, upsample
 from ldm.util import ConfigError, instantiate_from_config
 
@@ -80,6 +81,9 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         stage-2 checkpoint; the fine-tune then starts from that run's EMA weights.
     sampler / sample_steps / sample_eta: super_resolve's defaults ("ddim", "ddpm" or "dpmpp_2m";
         eta is DDIM's); sample_steps_val: the few steps of the validation PSNR and of log_images.
+    sample_tile / sample_tile_overlap: a latent larger than sample_tile x sample_tile pixels is
+        denoised in overlapping tiles (ldm.models.diffusion.tiles), so sampling memory is bounded
+        whatever the output size; None denoises every latent whole.
     """
 
     kind = "ldm"
@@ -107,6 +111,8 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         sample_eta: float = 1.0,
         sample_steps_val: int = 10,
         sampler: str = "ddim",
+        sample_tile: int | None = 128,
+        sample_tile_overlap: int = 16,
     ) -> None:
         super().__init__()
         if parameterization not in ("eps", "v"):
@@ -125,6 +131,8 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         self.sample_eta = sample_eta
         self.sample_steps_val = sample_steps_val
         self.sampler = sampler
+        self.sample_tile = sample_tile
+        self.sample_tile_overlap = sample_tile_overlap
         self.learning_rate = 1e-4  # main.py sets base_learning_rate x scaling
 
         # set True by a load (stage-1 weights here, or any checkpoint of this model), checked before training
@@ -295,17 +303,26 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
     # -- sampling -----------------------------------------------------------------------------
 
     def sampling_settings(
-        self, sampler: str | None = None, steps: int | None = None, eta: float | None = None
+        self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+        tile: int | None = None,
     ) -> dict[str, Any]:
         """What super_resolve samples with for these arguments (None: the model's defaults):
-        {"sampler", "steps", "eta"}; eta is None for the samplers it does not apply to (DDIM's
-        only), steps is T for DDPM without steps. eval_sr.py and sr.py record exactly this."""
+        {"sampler", "steps", "eta", "tile"}; eta is None for the samplers it does not apply to
+        (DDIM's only), steps is T for DDPM without steps, tile is None when latents are denoised
+        whole (tile=0 asks for that). eval_sr.py and sr.py record exactly this."""
         sampler = sampler or self.sampler
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got '{sampler}'")
+        tile = self.sample_tile if tile is None else tile
+        if tile is not None and tile < 0:
+            raise ValueError(f"tile: expected >= 0 latent pixels (0: no tiles), got {tile}")
+        multiple = self.unet.downsample_factor
+        if tile:  # a tile is a whole number of the UNet's coarsest cells, and larger than its overlap
+            tile = max(tile // multiple * multiple, multiple * (self.sample_tile_overlap // multiple + 1))
+        settings = {"sampler": sampler, "tile": tile or None}
         if sampler == "ddpm":
-            return {"sampler": sampler, "steps": steps or self.schedule.num_timesteps, "eta": None}
-        return {"sampler": sampler, "steps": steps or self.sample_steps,
+            return {**settings, "steps": steps or self.schedule.num_timesteps, "eta": None}
+        return {**settings, "steps": steps or self.sample_steps,
                 "eta": (self.sample_eta if eta is None else eta) if sampler == "ddim" else None}
 
     @torch.no_grad()
@@ -320,6 +337,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         seed: int | Sequence[int] | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        tile: int | None = None,
     ) -> torch.Tensor:
         """LR (B, 1, h, w) in [-1, 1] -> SR (B, n_samples, H, W) in [-1, 1], out_size = (H, W).
 
@@ -333,10 +351,11 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         "ddpm" (ancestral; steps None = all T). seed or a CPU generator makes the result repeatable on any device;
         a list of B seeds gives each image its own noise, so its result does not depend on the
         batch it was sampled in.
+        tile: latent tile size in pixels (None: the model's sample_tile; 0: denoise whole).
         Uses the EMA weights when the model keeps an EMA.
         """
         out_hw = check_out_size(lr, out_size)
-        settings = self.sampling_settings(sampler, steps, eta)
+        settings = self.sampling_settings(sampler, steps, eta, tile)
         if n_samples < 1:
             raise ValueError(f"n_samples: expected >= 1, got {n_samples}")
         b, k = lr.shape[0], n_samples
@@ -353,8 +372,9 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         if settings["eta"] is not None:
             options["eta"] = settings["eta"]
         with self.ema_scope():
+            denoiser = tiled(self.predict_eps, settings["tile"], self.sample_tile_overlap, self.unet.downsample_factor)
             z0 = SAMPLERS[settings["sampler"]](
-                self.predict_eps, x_T, self.schedule, extra_args={"cond": cond}, disable=not progress, **options
+                denoiser, x_T, self.schedule, extra_args={"cond": cond}, disable=not progress, **options
             )
         z0 = z0.reshape(b, k, *z0.shape[1:])  # (B, K, C, h', w')
         # one decode per sample index bounds the decoder's memory at large out_size

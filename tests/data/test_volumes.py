@@ -1,4 +1,5 @@
-"""Volume readers: the hand-written NRRD and .inv3 readers, and the viewer orientation of all readers."""
+"""Volume readers (NRRD through pynrrd, the hand-written .inv3), the viewer orientation of all readers, and the
+geometry that a volume written back keeps."""
 
 import bz2
 import gzip
@@ -10,7 +11,18 @@ import numpy as np
 import pytest
 
 from ldm.data.intensity import read_slice
-from ldm.data.volumes import VolumeError, parse_inv3, read_nrrd, read_volume, to_viewer
+from ldm.data.volumes import (
+    Volume,
+    VolumeError,
+    file_layout,
+    grid_map,
+    load_volume,
+    parse_inv3,
+    read_nrrd,
+    read_volume,
+    to_viewer,
+    write_nifti,
+)
 
 
 def nrrd_bytes(
@@ -87,7 +99,7 @@ def test_detached_nrrd_header(tmp_path):
     data = marked_volume()
     (tmp_path / "v.raw").write_bytes(data.T.astype("<i2").tobytes())
     (tmp_path / "v.nhdr").write_text(
-        "NRRD0004\ntype: short\ndimension: 3\nsizes: 5 4 3\nencoding: raw\ndata file: v.raw\n\n"
+        "NRRD0004\ntype: short\ndimension: 3\nsizes: 5 4 3\nendian: little\nencoding: raw\ndata file: v.raw\n\n"
     )
     np.testing.assert_array_equal(read_volume(tmp_path / "v.nhdr"), data.transpose(2, 1, 0))
 
@@ -96,12 +108,14 @@ def test_detached_nrrd_header(tmp_path):
     "content,message",
     [
         (b"P5 not nrrd", "no NRRD000x magic"),
-        (b"NRRD0004\ntype: short\ndimension: 2\nsizes: 4 4\nencoding: raw\n\n" + bytes(32), "expected 3-D"),
-        (b"NRRD0004\ntype: block\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n\n", "unsupported NRRD type"),
-        (b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n\n" + bytes(10), "truncated"),
-        (b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: gzip\n\nnotgzip", "corrupt gzip"),
-        (b"NRRD0004\ntype: short\ndimension: 3\nsizes: 2 2 2\nencoding: hex\n\n", "unsupported NRRD encoding"),
-        (b"NRRD0004\ngarbage line\n\n", "malformed NRRD header"),
+        (b"NRRD0004\ntype: short\ndimension: 2\nsizes: 4 4\nendian: little\nencoding: raw\n\n" + bytes(32),
+         "expected 3-D"),
+        (b"NRRD0004\ntype: block\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n\n", "cannot read as NRRD"),
+        (b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nendian: little\nencoding: raw\n\n" + bytes(10),
+         "cannot read as NRRD"),
+        (b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nendian: little\nencoding: gzip\n\nnotgzip",
+         "cannot read as NRRD"),
+        (b"NRRD0004\ngarbage line\n\n", "cannot read as NRRD"),
     ],
 )
 def test_bad_nrrd_names_the_file(tmp_path, content, message):
@@ -157,3 +171,62 @@ def test_unknown_or_missing_volume_names_the_path(tmp_path):
         read_volume(tmp_path / "absent.nii")
     with pytest.raises(VolumeError, match="no DICOM files"):
         read_volume(tmp_path)
+
+
+# ---- geometry: the viewer affine, the file layout written back, the SR grid --------------------
+
+
+def test_the_viewer_affine_places_each_voxel_where_the_file_does(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    # voxel i runs posterior, j to the patient's right (a permutation and a flip), k superior; anisotropic
+    ras = np.array([[0, 0.6, 0, 10], [-0.8, 0, 0, -20], [0, 0, 2.5, 30], [0, 0, 0, 1]], dtype=float)
+    data = marked_volume()
+    nib.save(nib.Nifti1Image(data, ras), tmp_path / "v.nii.gz")
+    volume = load_volume(tmp_path / "v.nii.gz")
+    lps_from_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    for index in np.ndindex(volume.hu.shape):
+        world = volume.affine @ [*index, 1]
+        i, j, k = np.rint(np.linalg.solve(lps_from_ras @ ras, world)[:3]).astype(int)
+        assert volume.hu[index] == data[i, j, k]
+    # back in the file's own voxel order, with the file's affine (the inverse of the reading)
+    file_data, file_affine = file_layout(volume)
+    np.testing.assert_array_equal(file_data, data)
+    np.testing.assert_allclose(file_affine, lps_from_ras @ ras)
+
+
+def test_the_sr_grid_keeps_the_extent_as_the_implicit_decoders_coordinates_do():
+    """Output pixel i of N sits at (i + 1/2) / N of the extent, as make_coord puts it in [-1, 1]."""
+    from ldm.modules.implicit.coords import make_coord
+
+    in_shape, out_shape = (3, 8, 10), (3, 20, 25)  # x2.5 in-plane
+    index_map = grid_map(in_shape, out_shape)
+    centres = make_coord(out_shape[1:], flatten=False).numpy()  # (20, 25, 2) in [-1, 1]
+    for row, col in ((0, 0), (7, 13), (19, 24)):
+        in_index = index_map @ [1, row, col, 1]
+        expected = (centres[row, col] + 1) / 2 * np.array(in_shape[1:]) - 0.5  # input pixel index of that point
+        np.testing.assert_allclose(in_index[1:3], expected, atol=1e-6)
+        assert in_index[0] == 1  # the slice axis is not resampled
+    # the outer edges of first and last pixels coincide: -1/2 and n - 1/2 in either grid
+    np.testing.assert_allclose((index_map @ [0, -0.5, -0.5, 1])[1:3], [-0.5, -0.5])
+    np.testing.assert_allclose((index_map @ [0, 19.5, 24.5, 1])[1:3], [7.5, 9.5])
+
+
+def test_written_nifti_is_int16_hu_with_unit_scaling_and_replaced_atomically(tmp_path, monkeypatch):
+    nib = pytest.importorskip("nibabel")
+    import ldm.data.volumes as volumes
+
+    hu = np.array([-1024.4, 40.6, 40000.0, -40000.0], dtype=np.float32).reshape(1, 2, 2)
+    volume = Volume(hu, np.diag([2.5, 0.5, 0.5, 1.0]))
+    write_nifti(tmp_path / "v.nii.gz", volume)
+    img = nib.load(tmp_path / "v.nii.gz")
+    assert img.get_data_dtype() == np.int16 and (img.dataobj.slope, img.dataobj.inter) == (1.0, 0.0)
+    np.testing.assert_array_equal(np.asanyarray(img.dataobj).transpose(2, 1, 0), [[[-1024, 41], [32767, -32768]]])
+    before = (tmp_path / "v.nii.gz").read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(volumes.gzip, "compress", interrupted)  # dies while writing the temp file
+    with pytest.raises(KeyboardInterrupt):
+        write_nifti(tmp_path / "v.nii.gz", volume)
+    assert (tmp_path / "v.nii.gz").read_bytes() == before and len(list(tmp_path.iterdir())) == 1

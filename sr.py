@@ -1,39 +1,51 @@
-"""Super-resolve your own CT slices with a trained run, at any scale.
+"""Super-resolve your own CT slices and volumes with a trained run, at any scale.
 
     python sr.py --exp logs/<run> --input scan.png --scale 4 --out sr/
     python sr.py --exp logs/<ldm> --input series/ --scale 2.5 --steps 50 --n_samples 8 --out sr/
     python sr.py --exp logs/<run> --input case7.nii.gz --out_size 512 512 --out sr/
 
 The input slice IS the LR: the SR is round(h*S) x round(w*S) (or --out_size H W). Inputs: PNG
-(16-bit HU+1024 or 8-bit), DICOM (HU via RescaleSlope/Intercept), NIfTI/Analyze/NRRD volumes
-(slice by slice, written as <name>_slice_<NNN>.png like ldm.data.convert), or a folder of them
-(sub-folders are mirrored under --out). Outputs keep the input's name: 16-bit HU+1024 PNGs, or
-8-bit when the input was 8-bit; existing files of the same name in --out are replaced.
-With --n_samples K > 1 (LDM runs) the SR is the mean of K samples and <name>_std.png holds the
-per-pixel standard deviation: 16-bit with pixel value = std in HU (8-bit levels for 8-bit input).
-A file that cannot be read is reported and skipped; the exit code is 1 if any failed.
+(16-bit HU+1024 or 8-bit), DICOM (HU via RescaleSlope/Intercept), NIfTI/Analyze/NRRD volumes, a
+folder holding a DICOM series, or a folder of them (sub-folders are mirrored under --out).
+A PNG or a single DICOM slice gives a PNG of the same name: 16-bit HU+1024, or 8-bit when the
+input was 8-bit. A volume or DICOM series gives one volume, <name>.nii.gz (--format nifti, the
+default): int16 HU, its slices super-resolved in order, with the input's voxel axes, direction
+cosines and field of view: in-plane spacing x in/out size, the first voxel centre moved by
+(new - old spacing)/2 along each in-plane axis, the through-plane axis unchanged, so the SR
+overlays the input in a viewer. --format png writes its slices as <name>_slice_<NNN>.png instead.
+With --n_samples K > 1 (LDM runs) the SR is the mean of K samples and <name>_std.png /
+<name>_std.nii.gz holds the per-pixel standard deviation in HU (16-bit PNG: pixel value = std
+in HU, 8-bit levels for 8-bit input; NIfTI: float32 HU). Existing files of the same name in --out
+are replaced, each written whole or not at all. A file that cannot be read is reported in one
+line and skipped; the exit code is 1 if any failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from ldm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
 from ldm.compile import compile_parts, hot_parts
+from ldm.data.intensity import from_model_range
+from ldm.data.volumes import hu_to_int16, resampled, write_nifti
 from ldm.evaluation.images import write_sr, write_std
 from ldm.evaluation.protocol import image_seed
 from ldm.experiment import Experiment, ExperimentError, load_experiment
-from ldm.inference import InputSlice, find_inputs, output_size, read_input, super_resolve_slices
+from ldm.inference import InputSlice, InputVolume, find_inputs, output_size, read_input, super_resolve_slices
 from ldm.models.base import SuperResolver
 from ldm.models.consistency import BackProjected
 from ldm.run_options import add_model_run_options, check_model_run_options
 from ldm.util import ConfigError, first_line, is_out_of_memory, run_record, write_json_atomic
 
+VOLUME_FORMATS = ("nifti", "png")
+NIFTI_SUFFIX = ".nii.gz"
 SETUP_ERRORS = (ExperimentError, ConfigError, CheckpointMismatchError, UnsafeCheckpointError, ValueError,
                 RuntimeError, FileNotFoundError)
 
@@ -42,8 +54,12 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp", required=True, help="log dir of a trained run (first stage, LIIF or LDM)")
     p.add_argument("--ckpt", default=None, help="checkpoint in the run (default: checkpoints/last.ckpt)")
-    p.add_argument("--input", required=True, help="PNG, DICOM, NIfTI/Analyze/NRRD volume, or a folder of them")
+    p.add_argument("--input", required=True,
+                   help="PNG, DICOM, NIfTI/Analyze/NRRD volume, a DICOM series folder, or a folder of them")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--format", choices=VOLUME_FORMATS, default="nifti",
+                   help="output of a volume: nifti (one <name>.nii.gz, int16 HU, the input's geometry; default) "
+                        "or png (its slices as <name>_slice_<NNN>.png). Slice inputs always give PNGs")
     p.add_argument("--scale", type=float, default=None, help="scale S > 1: SR = round(h*S) x round(w*S)")
     p.add_argument("--out_size", type=int, nargs=2, default=None, metavar=("H", "W"), help="SR size instead")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (LDM; default: the model's)")
@@ -95,6 +111,59 @@ def sampling_of(args: argparse.Namespace, exp: Experiment) -> dict[str, object]:
     return sampling
 
 
+Result = tuple[torch.Tensor, torch.Tensor | None]  # per slice: SR mean, std of the samples (model units)
+SliceRunner = Callable[[list[InputSlice], tuple[int, int], list[str]], list[Result | None]]
+
+
+def slice_runner(model: SuperResolver, exp: Experiment, sampling: dict[str, object],
+                 args: argparse.Namespace) -> SliceRunner:
+    """run(items, size, failed): slices of one shape and kind in one forward pass -> per slice its
+    Result, or None where it failed (a line added to failed). Each slice keeps its own seed, so a
+    batch that runs out of memory is redone one slice at a time with the same output."""
+
+    def run(items: list[InputSlice], size: tuple[int, int], failed: list[str]) -> list[Result | None]:
+        names = items[0].name if len(items) == 1 else f"{items[0].name} .. {items[-1].name} ({len(items)} slices)"
+        seeded = {**sampling, "seed": [image_seed(args.seed, item.name) for item in items]} \
+            if exp.kind == "ldm" else sampling
+        try:
+            return super_resolve_slices(model, items, exp.hu_window, size, seeded, args.device, args.precision)
+        except ValueError as err:  # e.g. an output size the model refuses: these slices fail, the rest go on
+            failed.append(f"{names}: {first_line(err)}")
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(items) > 1:
+                print(f"note: out of memory for {names}; retrying them one at a time", file=sys.stderr)
+                return [result for item in items for result in run([item], size, failed)]
+            failed.append(f"{names}: out of memory ({first_line(err)})")
+        return [None] * len(items)
+
+    return run
+
+
+def std_in_hu(std: torch.Tensor, hu_window: tuple[float, float]) -> np.ndarray:
+    """A sample std in model units ([-1, 1] over the window) -> HU: the window's half-width per unit."""
+    return std.numpy().astype(np.float32) * np.float32((hu_window[1] - hu_window[0]) / 2.0)
+
+
+def super_resolve_volume(run: SliceRunner, item: InputVolume, size: tuple[int, int], args: argparse.Namespace,
+                         failed: list[str], sink: Callable[[int, InputSlice, Result], None]) -> bool:
+    """A volume's slices in order, in batches of --batch_size under one progress bar, each handed to
+    sink(index, slice, result); False as soon as a slice failed (its line in failed)."""
+    slices = item.slices()
+    with tqdm(total=len(slices), unit="slice", desc=item.name, disable=args.no_progress) as bar:
+        for start in range(0, len(slices), args.batch_size):
+            batch = slices[start:start + args.batch_size]
+            for index, (one, result) in enumerate(zip(batch, run(batch, size, failed), strict=True), start):
+                if result is None:
+                    return False
+                sink(index, one, result)
+            bar.update(len(batch))
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = get_parser().parse_args(argv)
@@ -117,72 +186,98 @@ def main(argv: list[str] | None = None) -> int:
         back_projection = model.describe()
     if args.n_samples > 1 and exp.kind != "ldm":
         print(f"note: {exp.kind} runs are deterministic; --n_samples ignored")
-    print(f"kind: {exp.kind} ({exp.logdir}), {len(inputs)} input file(s) -> {out}")
+    print(f"kind: {exp.kind} ({exp.logdir}), {len(inputs)} input(s) -> {out}")
 
-    written, failed, claimed = 0, [], {}
-    batch: list[tuple[InputSlice, Path, tuple[int, int]]] = []  # slices waiting for one forward pass
+    run = slice_runner(model, exp, sampling, args)
+    written, volumes, failed, claimed = 0, [], [], {}
+    batch: list[tuple[InputSlice, Path, tuple[int, int]]] = []  # slice files waiting for one forward pass
 
-    def flush(pending: list[tuple[InputSlice, Path, tuple[int, int]]] | None = None) -> None:
+    def claim(target: Path, path: Path) -> Path:
+        if target.exists() and target.resolve() == path.resolve():
+            raise ValueError(f"{path}: its output would overwrite the input (choose another --out)")
+        if target in claimed:
+            raise ValueError(f"{path}: output {target.name} is also the output of {claimed[target]}")
+        claimed[target] = path
+        return target
+
+    def flush() -> None:
         nonlocal written
-        if pending is None:
-            pending = list(batch)
-            batch.clear()
+        pending = list(batch)
+        batch.clear()
         if not pending:
             return
-        items = [item for item, _, _ in pending]
-        names = items[0].name if len(items) == 1 else f"{items[0].name} .. {items[-1].name} ({len(items)} slices)"
-        seeded = {**sampling, "seed": [image_seed(args.seed, item.name) for item in items]} \
-            if exp.kind == "ldm" else sampling
-        try:
-            results = super_resolve_slices(model, items, exp.hu_window, pending[0][2], seeded, args.device,
-                                           args.precision)
-        except ValueError as err:  # e.g. an output size the model refuses: these slices fail, the rest go on
-            failed.append(f"{names}: {first_line(err)}")
-            return
-        except RuntimeError as err:
-            if not is_out_of_memory(err):
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if len(pending) > 1:  # too large a batch: the same slices one at a time (same seeds, same output)
-                print(f"note: out of memory for {names}; retrying them one at a time", file=sys.stderr)
-                for one in pending:
-                    flush([one])
-                return
-            failed.append(f"{names}: out of memory ({first_line(err)})")
-            return
-        for (item, target, _), (sr, std) in zip(pending, results, strict=True):
-            write_sr(target, sr, item.kind, exp.hu_window)
-            if std is not None:
-                write_std(out / f"{item.name}_std.png", std, item.kind, exp.hu_window)
-            written += 1
+        for (item, target, _), result in zip(pending, run([i for i, _, _ in pending], pending[0][2], failed),
+                                             strict=True):
+            if result is not None:
+                write_sr(target, result[0], item.kind, exp.hu_window)
+                if result[1] is not None:
+                    write_std(out / f"{item.name}_std.png", result[1], item.kind, exp.hu_window)
+                written += 1
 
-    for path, stem in tqdm(inputs, unit="file", desc="sr", disable=args.no_progress):
+    def volume(path: Path, item: InputVolume) -> None:
+        """One volume in, one NIfTI volume (and its std) out, or its slices as PNGs (--format png)."""
+        nonlocal written
+        size = output_size(item.volume.hu.shape[1:], args.scale, args.out_size)
+        count, lines = len(item.volume.hu), []
+        if args.format == "png":
+            targets = [claim(out / f"{one.name}.png", path) for one in item.slices()]
+
+            def write_png(index: int, one: InputSlice, result: Result) -> None:
+                write_sr(targets[index], result[0], "hu", exp.hu_window)
+                if result[1] is not None:
+                    write_std(out / f"{one.name}_std.png", result[1], "hu", exp.hu_window)
+
+            done = super_resolve_volume(run, item, size, args, lines, write_png)
+            failed.extend(f"{path}: {line}" for line in lines)
+            written += count if done else 0
+            return
+        target = claim(out / f"{item.name}{NIFTI_SUFFIX}", path)
+        sampled = exp.kind == "ldm" and args.n_samples > 1  # deterministic runs have no std to write
+        std_target = claim(out / f"{item.name}_std{NIFTI_SUFFIX}", path) if sampled else None
+        mean = np.empty((count, *size), dtype=np.int16)  # int16 HU: what is written, half of float32 in memory
+        std = np.zeros((count, *size), dtype=np.float32) if std_target is not None else None
+
+        def collect(index: int, one: InputSlice, result: Result) -> None:
+            mean[index] = hu_to_int16(from_model_range(result[0].numpy(), "hu", exp.hu_window))
+            if std is not None and result[1] is not None:
+                std[index] = std_in_hu(result[1], exp.hu_window)
+
+        done = super_resolve_volume(run, item, size, args, lines, collect)
+        failed.extend(f"{path}: {line}" for line in lines)
+        if not done:
+            return  # nothing of a failed volume is written
+        if item.volume.assumed:
+            print(f"note: {path}: {item.volume.assumed}", file=sys.stderr)
+        write_nifti(target, resampled(item.volume, mean))
+        if std_target is not None:
+            write_nifti(std_target, resampled(item.volume, std), np.float32)
+        written += count
+        volumes.append(target.relative_to(out).as_posix())
+
+    for path, stem in tqdm(inputs, unit="file", desc="sr", disable=args.no_progress or len(inputs) == 1):
         try:
-            for item in read_input(path, stem):
-                target = out / f"{item.name}.png"
-                if target.exists() and target.resolve() == path.resolve():
-                    raise ValueError(f"{path}: its output would overwrite the input (choose another --out)")
-                if target in claimed:
-                    raise ValueError(f"{path}: output {target.name} is also the output of {claimed[target]}")
-                claimed[target] = path
-                size = output_size(item.values.shape, args.scale, args.out_size)
-                if batch and (item.values.shape, item.kind, size) != (batch[0][0].values.shape, batch[0][0].kind,
-                                                                       batch[0][2]):
-                    flush()  # a batch holds slices of one size and kind
-                batch.append((item, target, size))
-                if len(batch) == args.batch_size:
-                    flush()
+            item = read_input(path, stem)
+            if isinstance(item, InputVolume):
+                volume(path, item)
+                continue
+            target = claim(out / f"{item.name}.png", path)
+            size = output_size(item.values.shape, args.scale, args.out_size)
+            if batch and (item.values.shape, item.kind, size) != (batch[0][0].values.shape, batch[0][0].kind,
+                                                                   batch[0][2]):
+                flush()  # a batch holds slices of one size and kind
+            batch.append((item, target, size))
+            if len(batch) == args.batch_size:
+                flush()
         except ValueError as err:  # SliceReadError, VolumeError and the checks above: report, go on
             failed.append(first_line(err))
     flush()
 
-    print(f"wrote {written} slice(s) to {out}")
+    print(f"wrote {written} slice(s)" + (f" ({len(volumes)} volume(s))" if volumes else "") + f" to {out}")
     if written:
         write_json_atomic(out / "sr_run.json", run_record(
             "sr.py", argv, seed=args.seed, sampling=sampling_record(args, exp), precision=args.precision,
             compile=args.compile, back_projection=back_projection, batch_size=args.batch_size, **exp.describe(),
-            written=written, failed=failed))
+            format=args.format, written=written, volumes=volumes, failed=failed))
     if failed:
         print(f"failed ({len(failed)}):", file=sys.stderr)
         for line in failed:

@@ -1,15 +1,16 @@
 """Super-resolving one's own slices (sr.py): find inputs, read them as LR slices, run a loaded run.
 
-Inputs are PNG slices (16-bit HU+1024 or 8-bit), DICOM files (HU through RescaleSlope/Intercept)
-and volumes (NIfTI, Analyze, NRRD, .inv3), read by ldm.data.volumes in the viewer orientation the
-slice converter uses and named like its slices (`<volume>_slice_<NNN>`, 1-based), so an SR of a
-volume lines up with the converted training data.
+Inputs are PNG slices (16-bit HU+1024 or 8-bit), single DICOM slices (HU through
+RescaleSlope/Intercept) and volumes (NIfTI, Analyze, NRRD, .inv3, a folder's DICOM series), read by
+ldm.data.volumes in the viewer orientation the slice converter uses, with their geometry. A
+volume's slices are named like the converter's (`<volume>_slice_<NNN>`, 1-based): that name seeds
+each slice's sampling, and names its PNG when a volume is written as slices.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 
 from ldm.data.convert import VOLUME_SUFFIXES, slice_name, volume_stem
 from ldm.data.intensity import SLICE_SUFFIXES, Window, read_slice, to_model_range
-from ldm.data.volumes import is_dicom_file, read_volume, suffix_of
+from ldm.data.volumes import Volume, is_dicom_file, load_volume, suffix_of
 from ldm.models.base import SuperResolver
 from ldm.precision import autocast
 
@@ -34,6 +35,18 @@ class InputSlice:
     kind: str
 
 
+@dataclass
+class InputVolume:
+    name: str  # output path relative to --out, without suffix
+    volume: Volume
+
+    def slices(self) -> list[InputSlice]:
+        """The volume's slices, in order, named `<name>_slice_<NNN>` like ldm.data.convert."""
+        count = len(self.volume.hu)
+        return [InputSlice(slice_name(self.name, index, count)[: -len(".png")], hu, "hu")
+                for index, hu in enumerate(self.volume.hu)]
+
+
 def is_input_file(path: Path) -> bool:
     """PNG, volume or DICOM (by suffix or preamble); .img is read through its .hdr, hidden files skipped."""
     if path.name.startswith(".") or not path.is_file():
@@ -43,7 +56,11 @@ def is_input_file(path: Path) -> bool:
 
 
 def find_inputs(path: str | os.PathLike[str]) -> list[tuple[Path, str]]:
-    """(file, output stem) pairs: the file itself, or every input file under a folder (sub-folders kept)."""
+    """(input, output stem) pairs: the file itself, or every input under a folder (sub-folders kept).
+
+    In a folder, the DICOM files of each folder are one series, read as one volume named after
+    the folder (as ldm.data.convert reads them); a single DICOM file given as --input is a slice.
+    """
     path = Path(path)
     if path.is_file():
         return [(path, volume_stem(path) if suffix_of(path) != ".png" else path.stem)]
@@ -51,9 +68,14 @@ def find_inputs(path: str | os.PathLike[str]) -> list[tuple[Path, str]]:
         raise InputError(f"{path}: no such file or folder")
     found = []
     for folder, _, files in sorted(os.walk(path)):
-        for name in sorted(files):
-            file = Path(folder) / name
-            if is_input_file(file):
+        folder = Path(folder)
+        inputs = [folder / name for name in sorted(files) if is_input_file(folder / name)]
+        series = [file for file in inputs if suffix_of(file) not in SLICE_SUFFIXES + VOLUME_SUFFIXES]
+        if series:
+            rel = folder.relative_to(path)
+            found.append((folder, (rel if rel.parts else Path(path.resolve().name)).as_posix()))
+        for file in inputs:
+            if file not in series:
                 rel = file.relative_to(path).parent / (file.stem if suffix_of(file) == ".png" else volume_stem(file))
                 found.append((file, rel.as_posix()))
     if not found:
@@ -61,18 +83,15 @@ def find_inputs(path: str | os.PathLike[str]) -> list[tuple[Path, str]]:
     return found
 
 
-def read_input(path: Path, stem: str) -> Iterator[InputSlice]:
-    """The LR slices of one input file; a volume (or multi-frame DICOM) yields `<stem>_slice_<NNN>`."""
+def read_input(path: Path, stem: str) -> InputSlice | InputVolume:
+    """One input as LR: a PNG or a single DICOM slice is a slice, anything else a volume with its geometry."""
     if suffix_of(path) in SLICE_SUFFIXES:
         values, kind = read_slice(path)  # SliceReadError is a ValueError naming the file
-        yield InputSlice(stem, values, kind)
-        return
-    volume = read_volume(path)  # (slices, rows, cols) HU; VolumeError names the file
-    if volume.shape[0] == 1 and is_dicom_file(path):
-        yield InputSlice(stem, volume[0], "hu")  # a DICOM slice keeps its own name
-        return
-    for index, hu in enumerate(volume):
-        yield InputSlice(slice_name(stem, index, len(volume))[: -len(".png")], hu, "hu")
+        return InputSlice(stem, values, kind)
+    volume = load_volume(path)  # (slices, rows, cols) HU and geometry; VolumeError names the file
+    if path.is_file() and is_dicom_file(path) and volume.hu.shape[0] == 1:
+        return InputSlice(stem, volume.hu[0], "hu")  # a DICOM slice keeps its own name
+    return InputVolume(stem, volume)
 
 
 def output_size(shape: tuple[int, int], scale: float | None, out_size: tuple[int, int] | None) -> tuple[int, int]:

@@ -71,26 +71,58 @@ def test_samples_give_a_mean_and_a_std_map_reproducibly(capsys, ldm_dir, tmp_pat
     assert (tmp_path / "a" / "s.png").read_bytes() == (tmp_path / "b" / "s.png").read_bytes()
 
 
-def test_a_volume_is_written_slice_by_slice_like_the_converter(capsys, run_dir, fixtures_dir, tmp_path):
+def test_format_png_writes_a_volume_slice_by_slice_like_the_converter(capsys, run_dir, fixtures_dir, tmp_path):
     rc, _, err = run(capsys, "--exp", run_dir, "--input", fixtures_dir / "volumes" / "lung1_64x64x3.nrrd",
-                     "--scale", 1.5, "--out", tmp_path / "out")
+                     "--scale", 1.5, "--format", "png", "--out", tmp_path / "out")
     assert rc == 0, err
     names = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert names == [f"lung1_64x64x3_slice_00{i}.png" for i in (1, 2, 3)]
     assert read_slice(tmp_path / "out" / names[0])[0].shape == (96, 96)
+    assert not list((tmp_path / "out").glob("*.nii.gz"))
 
 
-def test_nifti_volume(capsys, run_dir, tmp_path):
+# voxel i runs posterior, j to the patient's right, k superior: a permutation and a flip against
+# nibabel's RAS, anisotropic, and away from the origin
+RAS_AFFINE = np.array([[0, -0.6, 0, 10], [-0.8, 0, 0, -20], [0, 0, 2.5, 30], [0, 0, 0, 1]], dtype=float)
+
+
+def fov_corners(affine, shape):
+    """World positions of the 8 outer corners of a volume's field of view (voxel edges, not centres)."""
+    return np.array([affine @ [*(np.array(c) * shape - 0.5), 1] for c in np.ndindex(2, 2, 2)])
+
+
+@pytest.mark.parametrize("scale, in_plane", [(2, (16, 20)), (2.5, (20, 25))])
+def test_a_nifti_volume_comes_back_as_one_volume_over_the_same_field_of_view(capsys, run_dir, tmp_path, scale,
+                                                                             in_plane):
     nib = pytest.importorskip("nibabel")
-    volume = np.stack([phantom_hu(16, seed=i) for i in range(2)], axis=-1).astype(np.int16)
-    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "case7.nii.gz")
-    rc, _, err = run(capsys, "--exp", run_dir, "--input", tmp_path / "case7.nii.gz", "--scale", 2,
-                     "--out", tmp_path / "out")
+    hu = np.full((8, 10, 3), 40, dtype=np.int16)  # file order (i, j, k)
+    hu[:2, :2, 1] = 1000  # a marker in one corner of the middle slice
+    nib.save(nib.Nifti1Image(hu, RAS_AFFINE), tmp_path / "case7.nii.gz")
+    rc, out, err = run(capsys, "--exp", run_dir, "--input", tmp_path / "case7.nii.gz", "--scale", scale,
+                       "--out", tmp_path / "out")
     assert rc == 0, err
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["case7_slice_001.png", "case7_slice_002.png"]
+    assert "wrote 3 slice(s) (1 volume(s))" in out and not list((tmp_path / "out").glob("*.png"))
+    img = nib.load(tmp_path / "out" / "case7.nii.gz")
+    shape = (*in_plane, 3)
+    assert img.shape == shape and img.get_data_dtype() == np.int16
+    assert (img.dataobj.slope, img.dataobj.inter) == (1.0, 0.0)
+    # spacing x in/out in-plane, through-plane kept; the same direction cosines; the same field of view
+    np.testing.assert_allclose(img.header.get_zooms(), [0.8 * 8 / in_plane[0], 0.6 * 10 / in_plane[1], 2.5],
+                               rtol=1e-6)
+    np.testing.assert_allclose(img.affine[:3, :3] / img.header.get_zooms(), RAS_AFFINE[:3, :3] / [0.8, 0.6, 2.5],
+                               atol=1e-6)
+    np.testing.assert_allclose(fov_corners(img.affine, shape), fov_corners(RAS_AFFINE, hu.shape), atol=1e-4)
+    # the first voxel centre moved by (new - old spacing) / 2 along each in-plane axis
+    step = (img.header.get_zooms()[0] - 0.8) / 2, (img.header.get_zooms()[1] - 0.6) / 2
+    np.testing.assert_allclose(img.affine[:3, 3], RAS_AFFINE[:3, 3] + [-step[1], -step[0], 0], atol=1e-5)
+    sr = np.asanyarray(img.dataobj)
+    assert (sr[-4:, -4:, :] == 40).all() and (sr[..., [0, 2]][-8:] == 40).all()  # HU round trip, exactly
+    marker = np.linalg.solve(img.affine, RAS_AFFINE @ [0.5, 0.5, 1, 1])[:3]  # the marker's centre, in SR voxels
+    assert sr[tuple(np.rint(marker).astype(int))] > 900  # ... where the marker was
 
 
-def write_dicom(path, hu=None):
+def write_dicom(path, hu=None, geometry=None):
+    """A CT DICOM file; geometry: optional (ImagePositionPatient, PixelSpacing, SeriesInstanceUID) of a series."""
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -109,6 +141,9 @@ def write_dicom(path, hu=None):
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
         ds.PixelData = stored.tobytes()
+    if geometry is not None:
+        ds.ImagePositionPatient, ds.PixelSpacing, ds.SeriesInstanceUID = geometry
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.save_as(path, enforce_file_format=True)
     assert pydicom.dcmread(path).Modality == "CT"
 
@@ -122,6 +157,73 @@ def test_dicom_slice_in_hu(capsys, run_dir, tmp_path):
     values, kind = read_slice(tmp_path / "out" / "IM0001.png")
     assert kind == "hu" and values.shape == (32, 32)
     assert values.mean() == pytest.approx(hu.mean(), abs=15)  # intercept applied: HU, not stored values
+
+
+def test_a_dicom_series_folder_comes_back_as_one_nifti_volume(capsys, run_dir, tmp_path):
+    """DICOM in, NIfTI out: slices sorted along the normal, PixelSpacing (rows, cols), LPS -> RAS."""
+    nib = pytest.importorskip("nibabel")
+    from pydicom.uid import generate_uid
+
+    series, uid = tmp_path / "chest_series", generate_uid()
+    series.mkdir()
+    for n, z in enumerate((-50.0, -54.0, -52.0)):  # file order is not slice order
+        hu = np.full((6, 8), 40.0)
+        hu[0, 0] = 1000 if z == -54.0 else 40  # a marker in the lowest slice, at the first row and column
+        write_dicom(series / f"IM{n:04d}", hu, ([-100.0, -120.0, z], [0.7, 0.9], uid))
+    rc, _, err = run(capsys, "--exp", run_dir, "--input", series, "--scale", 2, "--out", tmp_path / "out")
+    assert rc == 0, err
+    img = nib.load(tmp_path / "out" / "chest_series.nii.gz")
+    assert img.shape == (16, 12, 3) and img.get_data_dtype() == np.int16  # (cols, rows, slices) like dcm2niix
+    np.testing.assert_allclose(img.header.get_zooms(), [0.45, 0.35, 2.0], rtol=1e-6)
+    # LPS (-100, -120, -54) is RAS (100, 120, -54), moved by half the new minus the old spacing along +cols, +rows
+    expected = np.diag([-0.45, -0.35, 2.0, 1.0])
+    expected[:3, 3] = [100 + 0.225, 120 + 0.175, -54]
+    np.testing.assert_allclose(img.affine, expected, atol=1e-5)
+    sr = np.asanyarray(img.dataobj)
+    assert sr[0, 0, 0] > 900 and (sr[8:, 6:, :] == 40).all() and (sr[..., 1:] == 40).all()
+
+
+def test_samples_of_a_volume_give_a_std_volume_beside_the_mean(capsys, ldm_dir, fixtures_dir, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    rc, _, err = run(capsys, "--exp", ldm_dir, "--input", fixtures_dir / "volumes" / "lung1_64x64x3.nrrd",
+                     "--scale", 2, "--steps", 2, "--n_samples", 3, "--out", tmp_path / "out")
+    assert rc == 0, err
+    mean, std = (nib.load(tmp_path / "out" / f"lung1_64x64x3{s}.nii.gz") for s in ("", "_std"))
+    assert mean.shape == std.shape == (128, 128, 3) and std.get_data_dtype() == np.float32
+    np.testing.assert_allclose(std.affine, mean.affine)
+    # the stand-in's noise is 0.02 model units = 41 HU; the std of 3 samples is a little below it
+    assert 20 < float(np.asanyarray(std.dataobj).mean()) < 45
+
+
+def test_a_volume_shows_one_progress_bar_and_runs_its_slices_in_batches(capsys, run_dir, fixtures_dir, tmp_path,
+                                                                         monkeypatch):
+    real, batches = sr.super_resolve_slices, []
+
+    def counting(model, items, *args, **kwargs):
+        batches.append(len(items))
+        return real(model, items, *args, **kwargs)
+
+    monkeypatch.setattr(sr, "super_resolve_slices", counting)
+    rc, _, err = run(capsys, "--exp", run_dir, "--input", fixtures_dir / "volumes" / "lung1_64x64x3.nrrd",
+                     "--scale", 2, "--batch_size", 2, "--out", tmp_path / "out")
+    assert rc == 0 and batches == [2, 1]
+    bars = {line.split(":")[0].strip() for line in err.replace("\r", "\n").splitlines() if "slice/s" in line
+            or "s/slice" in line}
+    assert bars == {"lung1_64x64x3"} and "3/3" in err
+
+
+def test_a_bad_volume_is_one_line_and_the_others_are_written(capsys, run_dir, fixtures_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(fixtures_dir / "volumes" / "lung1_64x64x3.nrrd", folder)
+    (folder / "broken.nii.gz").write_bytes(b"not gzip at all")
+    rc, out, err = run(capsys, "--exp", run_dir, "--input", folder, "--scale", 2, "--out", tmp_path / "out")
+    assert rc == 1 and "wrote 3 slice(s) (1 volume(s))" in out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["lung1_64x64x3.nii.gz", "sr_run.json"]
+    lines = [line for line in err.splitlines() if "broken.nii.gz" in line]
+    assert len(lines) == 1 and "cannot read as NIfTI" in lines[0] and "Traceback" not in err
 
 
 def test_dicom_without_pixel_data_is_a_clear_error(capsys, run_dir, tmp_path):
@@ -199,7 +301,8 @@ def test_back_projection_writes_an_sr_consistent_with_the_input(capsys, ldm_dir,
     assert errors[20] < errors[0] / 10
     record = json.loads((tmp_path / "bp20" / "sr_run.json").read_text())
     assert record["back_projection"] == {"iterations": 20, "degradation": "bicubic"}
-    assert record["sampling"] == {"sampler": "ddim", "steps": 2, "eta": 1.0, "n_samples": 1}  # defaults resolved
+    assert record["sampling"] == {"sampler": "ddim", "steps": 2, "eta": 1.0, "tile": None,
+                                  "n_samples": 1}  # defaults resolved
 
 
 def test_batches_give_the_slice_by_slice_output(capsys, ldm_dir, fixtures_dir, tmp_path):
@@ -217,8 +320,9 @@ def test_batches_give_the_slice_by_slice_output(capsys, ldm_dir, fixtures_dir, t
             rc, _, err = run(capsys, "--exp", ldm_dir, "--input", source, "--scale", 2, "--steps", 2, "--n_samples", 2,
                              "--batch_size", batch, "--out", out)
             assert rc == 0, err
-            outputs[name, batch] = {p.name: p.read_bytes() for p in sorted(out.glob("*.png"))}
-    assert len(outputs["folder", 1]) == 8 and len(outputs["volume", 1]) == 6  # SR and std map per slice
+            outputs[name, batch] = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.suffix != ".json"}
+    assert len(outputs["folder", 1]) == 8  # SR and std map per slice
+    assert sorted(outputs["volume", 1]) == ["lung1_64x64x3.nii.gz", "lung1_64x64x3_std.nii.gz"]
     for batch in (2, 3):
         assert outputs["folder", batch] == outputs["folder", 1]
         assert outputs["volume", batch] == outputs["volume", 1]

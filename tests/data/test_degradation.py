@@ -1,10 +1,20 @@
 """Float degradation at any scale: shapes, determinism, and no 8-bit rounding on the way."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from ldm.data.degradation import DEGRADATIONS, back_project, degrade, gaussian_blur, resize, upsample
+from ldm.data.degradation import (
+    DEGRADATIONS,
+    area_resample,
+    back_project,
+    degrade,
+    gaussian_blur,
+    resize,
+    upsample,
+)
 from ldm.data.intensity import FULL_WINDOW, read_slice, to_model_range
 from ldm.metrics import psnr, unit_to_01
 
@@ -61,6 +71,45 @@ def test_ct_blur_widens_with_the_scale():
     wide = gaussian_blur(impulse, (2.0, 2.0))
     assert float(narrow.sum()) == pytest.approx(1.0, abs=1e-5)
     assert float(wide.max()) < float(narrow.max())
+
+
+def ct_line_responses(scale: float, lr_width: int = 24) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """The ct LR's response to HR line impulses (one HR column lit, then the next, over 8 LR pixels
+    of phases): (s, each response's centroid, its second moment), in LR pixels about the impulse."""
+    hr_width = round(scale * lr_width)
+    s = hr_width / lr_width
+    columns = [k for k in range(hr_width) if 8 * s <= k + 0.5 < 16 * s]  # away from the reflected edges
+    hr = torch.zeros(len(columns), 1, 8, hr_width, dtype=torch.float64)
+    for i, k in enumerate(columns):
+        hr[i, 0, :, k] = 1.0
+    response = degrade(hr, (2, lr_width), "ct")[:, 0, 0]  # (impulses, lr_width)
+    offset = (torch.arange(lr_width) + 0.5)[None] - ((torch.tensor(columns) + 0.5) / s)[:, None]
+    mass = response.sum(dim=1)
+    return s, (response * offset).sum(dim=1) / mass, (response * offset**2).sum(dim=1) / mass
+
+
+@pytest.mark.parametrize("scale", [2, 2.5, 3.7, 4, 6.3])
+def test_ct_psf_is_the_documented_gaussian_times_footprint_and_centred(scale):
+    """sigma_eff^2 = sigma_g^2 + s^2 / 12 HR px^2 (Gaussian * the LR pixel's footprint), up to the
+    1/12 HR px^2 the pixel grid moves it by; every impulse's response centred on it, at fractional
+    scales too (whole-pixel pooling shifts it by up to 0.25 HR px and widens it by ~0.3 HR px^2)."""
+    s, centroid, second_moment = ct_line_responses(scale)
+    sigma_g2 = 0.25 * (s**2 - 1)
+    measured = second_moment.mean().item() * s**2  # phase-averaged, in HR px^2
+    assert abs(measured - (sigma_g2 + s**2 / 12)) <= 1 / 12 + 0.05, (measured, sigma_g2 + s**2 / 12)
+    assert centroid.abs().max().item() * s < 0.08  # HR px
+    # in LR pixels: 0.50 (x2) to 0.57; the old documented 0.5 sqrt(s^2 - 1) HR px alone is 0.43-0.49
+    assert math.sqrt(1 / 3 - 1 / (4 * s**2)) == pytest.approx(math.sqrt(measured) / s, abs=0.025)
+
+
+def test_ct_area_resampling_weighs_hr_pixels_by_the_fraction_of_them_inside_the_footprint():
+    hr = torch.arange(5.0, dtype=torch.float64).view(1, 1, 1, 5).expand(1, 1, 2, 5)
+    # 5 HR pixels onto 2 LR pixels: footprints [0, 2.5) and [2.5, 5), pixel 2 split half and half
+    torch.testing.assert_close(area_resample(hr, (1, 2))[0, 0, 0],
+                               torch.tensor([(0 + 1 + 0.5 * 2) / 2.5, (0.5 * 2 + 3 + 4) / 2.5], dtype=torch.float64))
+    x = torch.rand(2, 3, 37, 29, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(area_resample(x, (9, 29)).transpose(-1, -2), area_resample(x.transpose(-1, -2), (29, 9)))
+    torch.testing.assert_close(area_resample(x, (37, 29)), x)
 
 
 def test_errors_name_the_argument():

@@ -19,6 +19,7 @@ from ldm.modules.distributions import DiagonalGaussian
 from ldm.modules.implicit.liif import LIIF
 from ldm.modules.losses import gradient_l1
 from ldm.modules.resample import check_upsample_mode, upsample
+from ldm.modules.tiles import blend_tiles
 
 LATENTS = ("deterministic", "kl")
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
@@ -41,6 +42,9 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         (0: reconstruction only, the paper), so that the first stage alone super-resolves.
     max_input_scale, cond_upsample: how super_resolve upsamples the LR before encoding.
     chunk_size: LIIF queries per MLP pass. ckpt_path: trained weights to start from.
+    tile / tile_overlap: a latent larger than tile x tile pixels is encoded and decoded in
+        overlapping tiles (ldm.modules.tiles; the mid blocks' attention is global), so a real-size
+        slice runs in bounded memory; smaller ones, every training crop among them, run whole.
     """
 
     kind = "first_stage"
@@ -64,6 +68,8 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         ckpt_path: str | None = None,
         monitor: str = "val/psnr",
         cond_upsample: str = "bicubic",
+        tile: int | None = 128,
+        tile_overlap: int = 16,
     ) -> None:
         super().__init__()
         if latent not in LATENTS:
@@ -84,6 +90,10 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         self.chunk_size = chunk_size
         self.monitor = monitor
         self.cond_upsample = cond_upsample
+        if tile is not None and not 0 <= tile_overlap < tile:
+            raise ValueError(f"tile_overlap: expected 0 <= tile_overlap < tile ({tile}), got {tile_overlap}")
+        self.tile = tile
+        self.tile_overlap = tile_overlap
         self.learning_rate = 1e-4
         self.encoder = Encoder(**encoder_config, embed_dim=embed_dim, double_z=latent == "kl")
         self.decoder = LatentDecoder(**decoder_config, embed_dim=embed_dim)
@@ -111,8 +121,20 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         return z, posterior.kl()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Slice (B, 1, H, W) -> latent (B, embed_dim, H/f, W/f); a KL latent's mode in eval mode."""
-        return self._encode(x)[0]
+        """Slice (B, 1, H, W) -> latent (B, embed_dim, H/f, W/f); a KL latent's mode in eval mode.
+
+        A latent larger than `tile` is encoded from overlapping image tiles f times its size.
+        """
+        f = self.downsample_factor
+        size = (x.shape[-2] // f, x.shape[-1] // f)
+        return blend_tiles(lambda rows, cols: self._encode(x[..., rows.start * f: rows.stop * f,
+                                                              cols.start * f: cols.stop * f])[0],
+                           size, self.tile, self.tile_overlap)
+
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent (B, embed_dim, h, w) -> the LIIF's feature map (B, out_ch, h, w), tiled like encode."""
+        return blend_tiles(lambda rows, cols: self.decoder(z[..., rows, cols]), tuple(z.shape[-2:]), self.tile,
+                           self.tile_overlap)
 
     def decode(
         self,
@@ -132,7 +154,7 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         skip = lr if self.lr_skip else None
         if (out_size is None) == (coords is None) or (coords is None) != (cells is None):
             raise ValueError("decode: give either out_size, or both coords and cells")
-        feat = self.decoder(z)  # (B, out_ch, h, w)
+        feat = self.features(z)  # (B, out_ch, h, w)
         if out_size is not None:
             return self.liif.render(feat, out_size, lr=skip, chunk_size=self.chunk_size)
         return self.liif(feat, coords, cells, lr=skip, chunk_size=self.chunk_size)

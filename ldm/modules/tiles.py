@@ -1,4 +1,4 @@
-"""Denoising a large latent in overlapping tiles, so sampling memory does not grow with the output.
+"""Large latents in overlapping tiles, so memory does not grow with the output size.
 
 The latent follows the output size (a 512 px slice at x2 is a 512 x 512 latent for f = 2), and
 the UNet's global self-attention is quadratic in the latent's pixels: without tiles a real slice
@@ -6,8 +6,10 @@ needs tens of GB. `tiled(model, tile, overlap, multiple)` wraps an eps model so 
 denoises tiles of at most `tile` x `tile` latent pixels and blends their predictions with weights
 that ramp linearly across the overlaps (MultiDiffusion-style: every step sees one consistent
 latent, so no seam is frozen in). A latent that fits in one tile is denoised whole, exactly as
-before. The model was trained on small crops (32 x 32 latents in the demo, 64 x 64 at 256 px),
-so a tile several times that size is no further from training than a whole slice is.
+before. The first stage's encoder and decoder have global attention too (their mid blocks), and
+ImplicitAutoencoder runs them through the same `blend_tiles`. The models were trained on small
+crops (32 x 32 latents in the demo, 64 x 64 at 256 px), so a tile several times that size is no
+further from training than a whole slice is.
 """
 
 from __future__ import annotations
@@ -47,6 +49,33 @@ def _ramp(n: int, start: int, stop: int, overlap: int) -> torch.Tensor:
     return w
 
 
+def blend_tiles(
+    fn: Callable[[slice, slice], torch.Tensor], size: tuple[int, int], tile: int | None, overlap: int, multiple: int = 1
+) -> torch.Tensor:
+    """fn(rows, cols) -> the (..., rows, cols) part of a (..., *size) map, blended over tiles.
+
+    The caller cuts its own inputs for each region (an encoder cuts f times larger image tiles),
+    so one blending serves the denoiser and both halves of the first stage. A map of at most
+    tile x tile (or tile None) is one call on the whole; tiles are blended in float32 and the
+    result has the dtype of fn's output.
+    """
+    h, w = size
+    if tile is None or (h <= tile and w <= tile):
+        return fn(slice(0, h), slice(0, w))
+    out, total, dtype = None, None, None
+    for r0, r1 in tile_spans(h, tile, overlap, multiple):
+        for c0, c1 in tile_spans(w, tile, overlap, multiple):
+            part = fn(slice(r0, r1), slice(c0, c1))
+            dtype, part = part.dtype, part.float()
+            if out is None:
+                out = part.new_zeros(*part.shape[:-2], h, w)
+                total = part.new_zeros(h, w)
+            weight = _ramp(h, r0, r1, overlap).to(part.device)[:, None] * _ramp(w, c0, c1, overlap).to(part.device)
+            out[..., r0:r1, c0:c1] += weight * part
+            total[r0:r1, c0:c1] += weight
+    return (out / total).to(dtype)
+
+
 def tiled(model: Model, tile: int | None, overlap: int, multiple: int = 1) -> Model:
     """model(x, t, cond=...) over tiles of at most tile x tile latent pixels (None: never tiled).
 
@@ -59,17 +88,12 @@ def tiled(model: Model, tile: int | None, overlap: int, multiple: int = 1) -> Mo
         h, w = x.shape[-2:]
         if h <= tile and w <= tile:
             return model(x, t, **extra)
-        rows, cols = tile_spans(h, tile, overlap, multiple), tile_spans(w, tile, overlap, multiple)
-        out = torch.zeros_like(x, dtype=torch.float32)
-        total = torch.zeros(h, w, device=x.device)
-        for r0, r1 in rows:
-            wr = _ramp(h, r0, r1, overlap).to(x.device)
-            for c0, c1 in cols:
-                weight = wr[:, None] * _ramp(w, c0, c1, overlap).to(x.device)[None]
-                part = {k: v[..., r0:r1, c0:c1] if torch.is_tensor(v) and v.shape[-2:] == x.shape[-2:] else v
-                        for k, v in extra.items()}
-                out[..., r0:r1, c0:c1] += weight * model(x[..., r0:r1, c0:c1], t, **part).float()
-                total[r0:r1, c0:c1] += weight
-        return (out / total).to(x.dtype)
+
+        def part(rows: slice, cols: slice) -> torch.Tensor:
+            cut = {k: v[..., rows, cols] if torch.is_tensor(v) and v.shape[-2:] == x.shape[-2:] else v
+                   for k, v in extra.items()}
+            return model(x[..., rows, cols], t, **cut)
+
+        return blend_tiles(part, (h, w), tile, overlap, multiple)
 
     return denoise

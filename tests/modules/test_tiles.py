@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ldm.models.diffusion.tiles import tile_spans, tiled
+from ldm.modules.tiles import tile_spans, tiled
 
 
 @pytest.mark.parametrize("n,tile,overlap,multiple", [(512, 128, 16, 2), (1024, 128, 16, 4), (130, 128, 16, 2),
@@ -85,3 +85,32 @@ def test_the_ldm_denoises_a_large_latent_in_tiles_and_a_small_one_whole():
     assert max(max(s) for s in seen) <= 8 and len(seen) > 2
     assert parts.shape == whole.shape and torch.isfinite(parts).all()
     assert model.sampling_settings(tile=8)["tile"] == 8 and model.sampling_settings(tile=0)["tile"] is None
+
+
+def test_the_first_stage_encodes_and_decodes_a_large_slice_in_tiles():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from ldm.models.autoencoder import ImplicitAutoencoder
+
+    params = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "configs" / "first-stage" /
+                                                   "ct-tiny.yaml").model.params, resolve=True)
+    params.pop("ckpt_path", None)
+    torch.manual_seed(0)
+    ae = ImplicitAutoencoder(**{**params, "tile": 8, "tile_overlap": 2}).eval()
+    seen = []
+    for part in (ae.encoder, ae.decoder):
+        part.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape[-2:])))
+    x = torch.rand(1, 1, 64, 64) * 2 - 1
+    f = ae.downsample_factor
+    with torch.no_grad():
+        z = ae.encode(x)
+        assert z.shape[-2:] == (64 // f, 64 // f) and max(max(s) for s in seen) <= 8 * f
+        seen.clear()
+        feat = ae.features(z)
+        assert feat.shape[-2:] == z.shape[-2:] and max(max(s) for s in seen) <= 8
+        # where the whole fits in a tile, nothing changes
+        ae.tile = 64
+        torch.testing.assert_close(ae.encode(x), ae.encoder(x), rtol=0, atol=0)
+        torch.testing.assert_close(ae.features(z), ae.decoder(z), rtol=0, atol=0)

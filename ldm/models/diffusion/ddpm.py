@@ -23,8 +23,8 @@ from ldm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
 from ldm.models.base import EMAMixin, check_out_size, init_from_checkpoint, model_input_size
 from ldm.models.diffusion.samplers import SAMPLERS, seeded_randn
 from ldm.models.diffusion.schedule import DiffusionSchedule
-from ldm.models.diffusion.tiles import tiled
 from ldm.modules.resample import check_upsample_mode, upsample
+from ldm.modules.tiles import tiled
 from ldm.util import ConfigError, instantiate_from_config
 
 FIRST_STAGE_CKPT_KEY = "model.params.first_stage_config.params.ckpt_path"
@@ -82,7 +82,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
     sampler / sample_steps / sample_eta: super_resolve's defaults ("ddim", "ddpm" or "dpmpp_2m";
         eta is DDIM's); sample_steps_val: the few steps of the validation PSNR and of log_images.
     sample_tile / sample_tile_overlap: a latent larger than sample_tile x sample_tile pixels is
-        denoised in overlapping tiles (ldm.models.diffusion.tiles), so sampling memory is bounded
+        denoised in overlapping tiles (ldm.modules.tiles), so sampling memory is bounded
         whatever the output size; None denoises every latent whole.
     """
 

@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from ldm.models.diffusion.samplers import SAMPLERS, sample_ddim, sample_ddpm, sampling_timesteps, seeded_randn
+from ldm.models.diffusion.samplers import SAMPLERS, sample_ddim, sampling_timesteps, seeded_randn
 from ldm.models.diffusion.schedule import DiffusionSchedule
 
 
@@ -36,20 +38,45 @@ def test_seeded_noise_is_drawn_on_the_cpu():
     torch.testing.assert_close(a, torch.randn((2, 3), generator=torch.Generator().manual_seed(5)))
 
 
+def on_the_noising_path(schedule, x0, x_T):
+    """x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps with eps the one that put x_T on q(x_T | x_0)."""
+    a = schedule.alphas_cumprod.double()
+    eps = (x_T.double() - a[-1].sqrt() * x0) / (1 - a[-1]).sqrt()
+    return lambda t: (a[t].sqrt() * x0 + (1 - a[t]).sqrt() * eps if t >= 0 else x0.double()).float()
+
+
 @pytest.mark.parametrize("steps", [1000, 10])
-def test_ddim_eta0_with_the_true_eps_recovers_x0(schedule, steps):
+def test_ddim_eta0_with_the_true_eps_follows_the_noising_path_to_x0(schedule, steps):
+    """Deterministic DDIM keeps the eps it started with: every step lands on the point of x_0's own
+    noising path at the next timestep (the eps direction carries it there), the last on x_0."""
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(2, 3, 8, 8, generator=g)
     x_T = torch.randn(2, 3, 8, 8, generator=g)
-    out = sample_ddim(oracle(schedule, x0), x_T, schedule, disable=True, steps=steps, eta=0.0)
+    path, seen = on_the_noising_path(schedule, x0, x_T), []
+    out = SAMPLERS["ddim"](oracle(schedule, x0), x_T, schedule, callback=seen.append, disable=True, steps=steps,
+                           eta=0.0)
+    timesteps = sampling_timesteps(1000, steps)[1:] + [-1]
+    for step, t_next in zip(seen, timesteps, strict=True):
+        torch.testing.assert_close(step["x"], path(t_next), atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(out, x0, atol=1e-3, rtol=1e-3)
 
 
-def test_ddpm_with_the_true_eps_recovers_x0(schedule):
+@pytest.mark.parametrize("sampler,options", [("ddpm", {"steps": 20}), ("ddim", {"steps": 20, "eta": 1.0})],
+                         ids=["ddpm-20", "ddim-eta1-20"])
+def test_ancestral_steps_with_the_true_eps_keep_q_xt_given_x0(schedule, sampler, options):
+    """Sampling q(x_prev | x_t, x_0) from a sample of q(x_t | x_0) gives a sample of q(x_prev | x_0):
+    at every step (x - sqrt(a) x_0) / sqrt(1 - a) is standard normal over the pixels. A step that
+    misplaces the posterior mean or scales its noise moves that mean or std; the last step lands on
+    x_0 whatever the update, so x_0 at the end alone proves nothing."""
     g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(2, 3, 8, 8, generator=g)
-    x_T = torch.randn(2, 3, 8, 8, generator=g)
-    out = sample_ddpm(oracle(schedule, x0), x_T, schedule, disable=True, steps=20, generator=g)
+    x0 = torch.randn(1, 1, 128, 128, generator=g)
+    x_T = on_the_noising_path(schedule, x0, torch.randn(1, 1, 128, 128, generator=g))(999)
+    a, seen = schedule.alphas_cumprod.double(), []
+    out = SAMPLERS[sampler](oracle(schedule, x0), x_T, schedule, callback=seen.append, disable=True, generator=g,
+                            **options)
+    for step, t_next in zip(seen[:-1], sampling_timesteps(1000, options["steps"])[1:], strict=True):
+        z = (step["x"].double() - a[t_next].sqrt() * x0) / (1 - a[t_next]).sqrt()
+        assert abs(z.mean().item()) < 0.03 and abs(z.std().item() - 1.0) < 0.03, (t_next, z.mean(), z.std())
     torch.testing.assert_close(out, x0, atol=1e-3, rtol=1e-3)
 
 
@@ -106,6 +133,79 @@ def gaussian_data_model(schedule, mean, std):
         return mean + a[t_last].sqrt() * std**2 * (x_last - a[t_last].sqrt() * mean) / spread[t_last] ** 2
 
     return eps, exact
+
+
+def ddim_output_on_gaussian_data(schedule, mean, std, steps, eta):
+    """Mean and std of DDIM's output from x_T ~ N(0, 1) given the exact eps of data N(mean, std^2).
+
+    The exact eps is affine in x_t, so each step of Song et al.'s update (eq. 12)
+    x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps + sigma z is x_prev = A x_t + B + sigma z,
+    and N(m, v) goes to N(A m + B, A^2 v + sigma^2): the distribution the algorithm defines, in closed form.
+    With eta = 1 this is also strided DDPM's (Ho et al.'s posterior is DDIM's eta = 1 step).
+    """
+    a = schedule.alphas_cumprod.double().tolist()
+    timesteps = sampling_timesteps(schedule.num_timesteps, steps)
+    m, v = 0.0, 1.0
+    for i, t in enumerate(timesteps):
+        a_t, a_prev = a[t], (a[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0)
+        k = math.sqrt(1 - a_t) / (a_t * std**2 + 1 - a_t)  # eps = k (x_t - sqrt(a_t) mean)
+        x0_gain, x0_offset = (1 - math.sqrt(1 - a_t) * k) / math.sqrt(a_t), math.sqrt(1 - a_t) * k * mean
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        c = math.sqrt(max(1 - a_prev - sigma**2, 0.0))
+        gain = math.sqrt(a_prev) * x0_gain + c * k
+        offset = math.sqrt(a_prev) * x0_offset - c * k * math.sqrt(a_t) * mean
+        m, v = gain * m + offset, gain**2 * v + sigma**2
+    return m, math.sqrt(v)
+
+
+MEAN, STD = 0.3, 0.5  # the data: N(MEAN, STD^2) per pixel, narrower than the noise
+
+
+def sample_gaussian_data(schedule, sampler, seed=0, shape=(4, 1, 128, 128), **options):
+    eps, _ = gaussian_data_model(schedule, MEAN, STD)
+    g = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(shape, generator=g, dtype=torch.float64)
+    return SAMPLERS[sampler](eps, x_T, schedule, disable=True, generator=g, **options)
+
+
+@pytest.mark.parametrize(
+    "sampler,options",
+    [
+        ("ddim", {"steps": 50, "eta": 1.0}),  # the default sampler
+        ("ddim", {"steps": 10, "eta": 1.0}),
+        ("ddim", {"steps": 50, "eta": 0.0}),
+        ("ddpm", {"steps": 20}),
+        ("ddpm", {"steps": 50}),
+    ],
+    ids=["ddim-eta1-50", "ddim-eta1-10", "ddim-eta0-50", "ddpm-20", "ddpm-50"],
+)
+def test_samplers_draw_the_distribution_their_update_defines(schedule, sampler, options):
+    """65k pixels of Gaussian data with the exact eps: the samples' mean and std are the closed-form
+    ones (Monte Carlo error ~0.3%). A sampler that drops the eps direction, scales the noise or
+    misplaces the posterior mean is off by 25% or more."""
+    out = sample_gaussian_data(schedule, sampler, **options)
+    mean, std = ddim_output_on_gaussian_data(schedule, MEAN, STD, options["steps"], options.get("eta", 1.0))
+    assert abs(out.mean().item() - mean) < 0.01 and abs(out.std().item() / std - 1) < 0.015, (
+        out.mean().item(), mean, out.std().item(), std)
+
+
+def test_dpmpp_2m_draws_the_distribution_of_the_exact_ode(schedule):
+    _, exact = gaussian_data_model(schedule, MEAN, STD)
+    out = sample_gaussian_data(schedule, "dpmpp_2m", steps=20)
+    ends = exact(torch.tensor([0.0, 1.0], dtype=torch.float64), sampling_timesteps(1000, 20)[-1])
+    mean, std = ends[0].item(), (ends[1] - ends[0]).item()  # the exact map is affine in x_T ~ N(0, 1)
+    assert abs(out.mean().item() - mean) < 0.01 and abs(out.std().item() / std - 1) < 0.015
+
+
+def test_the_closed_form_and_the_samplers_reach_the_data_distribution_with_all_steps(schedule):
+    """The check of the check: with all T steps the last x_0 estimate is taken at t = 0 and both
+    the closed form and the samples are the data's N(MEAN, STD^2), up to discretisation (~1%)."""
+    mean, std = ddim_output_on_gaussian_data(schedule, MEAN, STD, 1000, eta=1.0)
+    assert abs(mean - MEAN) < 0.01 and abs(std / STD - 1) < 0.02
+    out = sample_gaussian_data(schedule, "ddpm", shape=(1, 1, 64, 64))
+    assert abs(out.mean().item() - MEAN) < 0.02 and abs(out.std().item() / STD - 1) < 0.03
+    # with fewer steps the last estimate is the posterior mean at t = T // steps - 1: narrower
+    assert ddim_output_on_gaussian_data(schedule, MEAN, STD, 10, eta=1.0)[1] < 0.8 * STD
 
 
 def test_dpmpp_2m_solves_the_ode_in_far_fewer_steps_than_ddim(schedule):

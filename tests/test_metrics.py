@@ -2,8 +2,10 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from ldm.metrics import PSNR_CAP, lr_consistency, mae, mse, psnr, ssim, unit_to_01
 
@@ -45,6 +47,45 @@ def test_ssim_of_two_constant_images_by_hand():
     a, b = torch.full((1, 1, 16, 16), 0.5), torch.full((1, 1, 16, 16), 0.25)
     c1 = 0.01**2
     assert ssim(a, b).item() == pytest.approx((2 * 0.5 * 0.25 + c1) / (0.5**2 + 0.25**2 + c1), abs=1e-9)
+
+
+def wang_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """SSIM as Wang et al. (2004) define it, written out: local statistics under an 11-tap Gaussian
+    window (sigma 1.5), population covariance, K1 = 0.01, K2 = 0.03, peak 1, averaged over the
+    pixels whose window lies inside the image."""
+    def local(v):
+        return ndimage.gaussian_filter(v, sigma=1.5, truncate=3.5, mode="reflect")
+
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = local(x), local(y)
+    vx, vy, cxy = local(x * x) - mx**2, local(y * y) - my**2, local(x * y) - mx * my
+    ssim_map = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return float(ssim_map[5:-5, 5:-5].mean())
+
+
+def test_ssim_is_wang_et_al_on_textured_images():
+    """Non-constant images, where the window, its width and the covariance estimator all matter."""
+    rng = np.random.default_rng(0)
+    texture = ndimage.gaussian_filter(rng.random((48, 40)), 2.0)
+    x = (texture - texture.min()) / (texture.max() - texture.min())
+    pairs = [(x, np.clip(x + rng.normal(0, 0.05, x.shape), 0, 1)), (x, x**2), (x, 1 - x), (rng.random(x.shape), x)]
+    pred = torch.tensor(np.stack([p for p, _ in pairs]))[:, None]
+    target = torch.tensor(np.stack([t for _, t in pairs]))[:, None]
+    assert ssim(pred, target).tolist() == pytest.approx([wang_ssim(p, t) for p, t in pairs], abs=1e-9)
+
+
+def test_ssim_of_known_pairs():
+    # a checkerboard 0.5 +- d against its inverse: local means 0.5 and 0.5, variances d^2, covariance
+    # -d^2 (the Gaussian window weighs both colours equally to 1e-9), so SSIM = (C2 - 2 d^2) / (C2 + 2 d^2)
+    d, c2 = 0.25, 0.03**2
+    checker = torch.from_numpy(np.indices((32, 32)).sum(0) % 2 * 2.0 - 1.0)[None, None]
+    assert ssim(0.5 + d * checker, 0.5 - d * checker).item() == pytest.approx((c2 - 2 * d**2) / (c2 + 2 * d**2),
+                                                                               abs=1e-6)
+    # the same checkerboard with noise of std n: SSIM ~ (2 d^2 + C2) / (2 d^2 + n^2 + C2) (local estimates)
+    n = 0.1
+    noisy = 0.5 + d * checker + n * torch.randn(checker.shape, generator=torch.Generator().manual_seed(0),
+                                                dtype=torch.float64)
+    assert ssim(0.5 + d * checker, noisy).item() == pytest.approx((2 * d**2 + c2) / (2 * d**2 + n**2 + c2), abs=0.02)
 
 
 def test_metrics_are_per_image_float64():

@@ -229,14 +229,53 @@ def test_alignment_weights_are_clamped():
     torch.testing.assert_close(weights, torch.tensor([5.0, 1.0]))
 
 
+def with_live_zero_layers(model):
+    """The model with its zero-initialised UNet layers (output conv, residual and attention
+    projections) drawn at random: at initialisation the UNet returns 0 whatever its inputs, so a
+    loss would not depend on the condition and no gradient but the output layer's would be non-zero."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.unet.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
 def test_alignment_loss_trains_the_unet_through_the_frozen_decoder(first_stage_ckpt):
-    model = build(first_stage_ckpt, alignment=True)
+    """Stage 3: mean_b w_b (MSE(x0_hat_b, z0_b) + MSE(D(x0_hat_b), hr_b)), w_b = a_t / (1 - a_t)
+    clamped at align_weight_max, worked out step by step here; its gradient reaches every UNet
+    weight, through the decoder too, and none of the frozen first stage's."""
+    model = with_live_zero_layers(build(first_stage_ckpt, alignment=True))
     batch = make_batch()
-    loss = model.loss(batch, torch.tensor([5, 800]), torch.randn(2, *model._latent_shape(batch["hr"])[1:]))
+    t = torch.tensor([5, 800])
+    noise = torch.randn(model._latent_shape(batch["hr"]), generator=torch.Generator().manual_seed(1))
+
+    hr, lr = batch["hr"], batch["lr"]
+    size = tuple(hr.shape[-2:])
+    z0, cond = model.encode(hr), model.condition(lr, size)
+    a = model.schedule.alphas_cumprod[t].double()
+    z_t = model.schedule.q_sample(z0, t, noise)
+    x0_hat = (z_t - (1 - a).sqrt().view(-1, 1, 1, 1) * model.denoise(z_t, t, cond)) / a.sqrt().view(-1, 1, 1, 1)
+    latent_mse = ((x0_hat - z0) ** 2).mean(dim=(1, 2, 3))
+    image_mse = ((model.decode(x0_hat.float(), size, lr) - hr) ** 2).mean(dim=(1, 2, 3))
+    snr = a / (1 - a)  # ~110 at t = 5, ~0.03 at t = 800
+    assert snr[0] > 100 > 5 > 1 > snr[1]
+    for max_weight, weights in [(5.0, snr.clamp(max=5.0)), (None, snr)]:
+        model.align_weight_max = max_weight
+        expected = (weights * (latent_mse + image_mse)).mean()
+        torch.testing.assert_close(model.loss(batch, t, noise).double(), expected, rtol=1e-4, atol=1e-7)
+
+    model.align_weight_max = 5.0
+    loss = model.loss(batch, t, noise)
     loss.backward()
     assert torch.isfinite(loss)
-    assert all(p.grad is not None for p in model.unet.parameters())
+    dead = [name for name, p in model.unet.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not dead, f"no gradient reaches {dead}"
     assert all(p.grad is None for p in model.first_stage.parameters())
+    # the image term alone moves the UNet: the gradient goes through the fixed decoder
+    image_term = ((model.decode(x0_hat.float(), size, lr) - hr) ** 2).mean()
+    (through_decoder,) = torch.autograd.grad(image_term, model.unet.out[-1].weight)
+    assert through_decoder.abs().sum() > 0
 
 
 def test_only_the_unet_is_optimised_and_the_first_stage_stays_frozen(model):
@@ -315,12 +354,17 @@ def test_a_list_of_seeds_makes_each_image_independent_of_its_batch(model):
     assert not torch.allclose(together[0], together[1])
 
 
-def test_the_loss_encodes_target_and_condition_as_separate_passes_would(model):
-    """One encoder pass over [hr, upsampled lr] gives each latent what its own pass gives."""
+def test_the_loss_encodes_target_and_condition_as_separate_passes_would(first_stage_ckpt):
+    """One encoder pass over [hr, upsampled lr] gives each latent what its own pass gives, and the
+    UNet sees that condition: the loss is the MSE of its eps given E(up(lr)), and not with a zero one."""
+    model = with_live_zero_layers(build(first_stage_ckpt))
     batch = make_batch(n=3)
     t = torch.tensor([5, 500, 999])
     noise = torch.randn(3, model.unet.out_channels, 16, 16, generator=torch.Generator().manual_seed(1))
     size = tuple(batch["hr"].shape[-2:])
     z0, cond = model.encode(batch["hr"]), model.condition(batch["lr"], size)
-    expected = F.mse_loss(model.denoise(model.schedule.q_sample(z0, t, noise), t, cond), noise)
-    assert torch.allclose(model.loss(batch, t, noise), expected, rtol=1e-5, atol=1e-7)
+    z_t = model.schedule.q_sample(z0, t, noise)
+    loss = model.loss(batch, t, noise)
+    torch.testing.assert_close(loss, F.mse_loss(model.denoise(z_t, t, cond), noise), rtol=1e-5, atol=1e-7)
+    unconditioned = F.mse_loss(model.denoise(z_t, t, torch.zeros_like(cond)), noise)
+    assert (loss - unconditioned).abs() > 1e-3 * loss

@@ -139,24 +139,27 @@ class Outcomes:
             self.ended[name] = f"{call.when}: {call.excinfo.exconly()}"
 
 
-def run_guards(guards: list[str]) -> dict[str, str]:
-    """How each named test ends, run in this process (so a monkeypatched swap is seen)."""
+def run_guards(guards: list[str], basetemp: Path) -> dict[str, str]:
+    """How each named test ends, run in this process (so a monkeypatched swap is seen).
+
+    basetemp: the inner session's temporary folder, inside this test's own, so that it does not
+    number and clean up folders beside the outer session's."""
     outcomes = Outcomes()
     pytest.main(["-q", "-p", "no:cacheprovider", "-p", "no:xdist", "--no-header", "--tb=no", "-rN",
-                 *[str(TESTS / g) for g in guards]], plugins=[outcomes])
+                 f"--basetemp={basetemp}", *[str(TESTS / g) for g in guards]], plugins=[outcomes])
     assert set(outcomes.ended) == set(guards), f"not all guards ran: {sorted(set(guards) - set(outcomes.ended))}"
     return outcomes.ended
 
 
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
-def test_the_guarding_tests_fail_under_the_mutation(mutation, monkeypatch):
+def test_the_guarding_tests_fail_under_the_mutation(mutation, monkeypatch, tmp_path):
     apply, guards = MUTATIONS[mutation]
     apply(monkeypatch)
-    survivors = {g: how for g, how in run_guards(guards).items() if how != "assertion"}
+    survivors = {g: how for g, how in run_guards(guards, tmp_path / "inner").items() if how != "assertion"}
     assert not survivors, f"with '{mutation}' these did not fail an assertion: {survivors}"
 
 
-def test_the_guards_pass_without_a_mutation():
+def test_the_guards_pass_without_a_mutation(tmp_path):
     """The control: this harness reports a passing test as passing."""
     guards = MUTATIONS["ssim with the sample covariance"][1] + MUTATIONS["ct degradation pools whole HR pixels"][1]
-    assert set(run_guards(guards).values()) == {"passed"}
+    assert set(run_guards(guards, tmp_path / "inner").values()) == {"passed"}

@@ -123,7 +123,8 @@ class ImageLogger(pl.Callback):
 
     @rank_zero_only
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict, split: str) -> None:
-        if not hasattr(pl_module, "log_images") or trainer.log_dir is None:
+        # Not trainer.log_dir: it broadcasts across ranks, and this runs on rank 0 alone (DDP would hang).
+        if not hasattr(pl_module, "log_images"):
             return
         was_training = pl_module.training
         pl_module.eval()

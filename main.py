@@ -4,6 +4,7 @@
     python main.py --base configs/latent-diffusion/ct256-f4.yaml -t --gpus 0, --scale_lr False
         model.params.first_stage_config.params.ckpt_path=logs/<stage1>/checkpoints/last.ckpt  (one line)
     python main.py -r logs/<run>            # continue: saved config, global step, optimizer, EMA
+    python main.py --base configs/first-stage/ct-tiny.yaml -t --num_processes 2   # DDP on the CPU (gloo)
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale_lr", type=str2bool, nargs="?", const=True, default=True,
                         help="lr = accumulate x devices x nodes x batch x base_learning_rate")
     parser.add_argument("--gpus", default=None, help="'0,' or '0,1' (omitted: CPU); several GPUs use DDP")
+    parser.add_argument("--num_processes", type=int, default=1,
+                        help="without --gpus: CPU processes trained with DDP over gloo (latent-diffusion's name)")
     parser.add_argument("--num_nodes", type=int, default=1, help="machines for multi-node DDP")
     parser.add_argument("--precision", default=None, help="32, bf16-mixed or 16-mixed (default: config or 32)")
     return parser
@@ -134,7 +137,15 @@ def _finish_step_then_stop(signum: int, frame: object) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+# Lightning's DDP launcher starts ranks 1.. by re-running this script with LOCAL_RANK set; they
+# inherit the environment, so rank 0 hands them its log dir (their clock may be a second later,
+# or see rank 0's folder and pick a "-2" suffix).
+LOGDIR_ENV = "LDM_MAIN_LOGDIR"
+
+
 def make_logdir(opt: argparse.Namespace, now: str) -> Path:
+    if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(LOGDIR_ENV):
+        return Path(os.environ[LOGDIR_ENV])
     name = opt.name or (Path(opt.base[-1]).stem if opt.base else "run")
     logdir = Path(opt.logdir) / f"{now}_{name}"
     suffix = 1
@@ -158,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         opt.base = [str(project[-1]), *[str(p) for p in lightning[-1:]], *opt.base]
     elif not opt.base:
         fail("--base: give at least one config file (or -r to resume a run)")
+    gpus = parse_gpus(opt.gpus)
+    if opt.num_processes < 1 or (gpus and opt.num_processes > 1):
+        fail(f"--num_processes {opt.num_processes}: give 1 or more, and only without --gpus "
+             "(--gpus 0,1 already runs one process per GPU)")
     config = load_config(opt.base, dotlist)
     lightning_config = config.pop("lightning", OmegaConf.create())
 
@@ -191,13 +206,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if not opt.resume:
         logdir = make_logdir(opt, now)
+        os.environ[LOGDIR_ENV] = str(logdir)
     ckpt_dir = logdir / "checkpoints"
     trainer_kwargs = OmegaConf.to_container(lightning_config.get("trainer") or OmegaConf.create(), resolve=True)
-    gpus = parse_gpus(opt.gpus)
-    n_devices = len(gpus) if gpus else 1
+    n_devices = len(gpus) if gpus else opt.num_processes
     trainer_kwargs.update(
         accelerator="gpu" if gpus else "cpu",
-        devices=gpus or 1,
+        devices=gpus or opt.num_processes,
         num_nodes=opt.num_nodes,
         default_root_dir=str(logdir),
         use_distributed_sampler=False,  # the data module's SeededSampler shards by rank itself
@@ -273,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}\n"
               f"  config: {', '.join(opt.base)}\n  log dir: {logdir}", file=sys.stderr)
         return 1
-    print(f"done; checkpoint: {ckpt_dir / 'last.ckpt'}")
+    if trainer.is_global_zero:
+        print(f"done; checkpoint: {ckpt_dir / 'last.ckpt'}")
     return 0
 
 

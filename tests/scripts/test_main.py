@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
+
+from ldm.util import instantiate_from_config
+from main import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "first-stage" / "ct-tiny.yaml"
+LDM_CONFIGS = REPO / "configs" / "latent-diffusion"
+PAPER_WEIGHT = LDM_CONFIGS / "paper-weight.yaml"
 
 KILLER = '''
 import os, signal
@@ -164,3 +170,38 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
     ckpt = torch.load(only_run(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    "align", [["ct-tiny-align.yaml"], ["ct256-f4-align.yaml"], ["ct-demo.yaml", "ct-demo-align.yaml"]]
+)
+def test_the_paper_weight_overlay_changes_only_the_alignment_clip(align):
+    """--base <align>.yaml paper-weight.yaml is the shipped stage 3 with the paper's unclamped weight."""
+    bases = [str(LDM_CONFIGS / name) for name in align]
+    clipped = load_config(bases, [])
+    paper = load_config([*bases, str(PAPER_WEIGHT)], [])
+    assert clipped.model.params.align_weight_max == 5.0
+    assert paper.model.params.align_weight_max is None
+    expected = OmegaConf.to_container(clipped, resolve=True)
+    expected["model"]["params"]["align_weight_max"] = None
+    assert OmegaConf.to_container(paper, resolve=True) == expected
+
+
+def test_the_paper_weight_config_builds_a_model_whose_loss_is_unclamped():
+    """At t = 0 the paper's weight a_0 / (1 - a_0) ~ 666 replaces the clip's 5; past t = 97 they agree."""
+    models = {}
+    for name, bases in {"clipped": [], "paper": [str(PAPER_WEIGHT)]}.items():
+        config = load_config([str(LDM_CONFIGS / "ct-tiny-align.yaml"), *bases], [])
+        torch.manual_seed(0)
+        models[name] = instantiate_from_config(config.model, key="model").eval()
+    assert models["paper"].alignment and models["paper"].align_weight_max is None
+
+    torch.manual_seed(1)
+    batch = {"hr": torch.rand(1, 1, 64, 64) * 2 - 1, "lr": torch.rand(1, 1, 16, 16) * 2 - 1}
+    noise = torch.randn(1, 3, 16, 16)
+    alpha0 = models["paper"].schedule.alphas_cumprod[0].item()
+    with torch.no_grad():
+        losses = {t: {name: m.loss(batch, torch.tensor([t]), noise).item() for name, m in models.items()}
+                  for t in (0, 500)}
+    assert losses[0]["paper"] / losses[0]["clipped"] == pytest.approx(alpha0 / (1 - alpha0) / 5.0, rel=1e-4)
+    assert losses[500]["paper"] == pytest.approx(losses[500]["clipped"], rel=1e-6)

@@ -1,9 +1,10 @@
 """What every bench/ script shares: flags, device, timing, memory, the bf16 peak, models, tables, JSON.
 
-Timing follows the workplace method (/work/.library/device/METHOD.md): warm-up calls first (so
-compilation, cuDNN autotuning and allocator growth stay out of the numbers), then N timed calls
-with CUDA events on a GPU (perf_counter on the CPU, where calls are synchronous) and the median.
-Inputs are random and never all-zero: zeros can run faster than real data and hide bad indexing.
+The method (BENCHMARKS.md, "How the numbers are taken"): warm-up calls first (so compilation,
+cuDNN autotuning and allocator growth stay out of the numbers), then N timed calls with CUDA events
+on a GPU (perf_counter on the CPU, where calls are synchronous) and the median. Inputs are random
+and never all-zero: zeros can run faster than real data and hide bad indexing. The MFU denominator
+is the card's own measured bf16 matmul rate, not its datasheet figure.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def bf16_matmul_peak_tflops(device: torch.device, n: int = 8192, warmup: int = 5
     """The card's measured bf16 matmul rate (TFLOP/s): the MFU denominator. None on the CPU.
 
     A square n x n product on random inputs through whatever library torch uses, timed like the
-    rest; datasheet rates are leads, not ceilings (METHOD.md: measure the ceiling once).
+    rest; datasheet rates are leads, not ceilings, so the ceiling is measured once per run.
     """
     if device.type != "cuda":
         return None
@@ -277,7 +278,7 @@ def fill_zero_initialised(model: nn.Module, std: float = 0.02, seed: int = 0) ->
     """Give zero-initialised weights (the UNet's output and residual convs, LIIF's zero_init_output)
     small random values, as training leaves them; returns how many tensors it filled.
 
-    Timing multiplies by them: zeros can run faster than real data (METHOD.md), and an all-zero
+    Timing multiplies by them: zeros can run faster than real data, and an all-zero
     eps would make every sampler and step count return the same latent.
     """
     g = torch.Generator().manual_seed(seed)

@@ -165,7 +165,7 @@ def measure_row(row: dict[str, Any], call: Any, args: argparse.Namespace, warmup
 
 
 def rel_err(out: torch.Tensor, reference: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64 (METHOD.md: fp32 far under 1e-3, bf16 1e-3 to 1e-2)."""
+    """||out - ref|| / ||ref|| in float64 (expected: fp32 far under 1e-3, bf16 1e-3 to 1e-2)."""
     return ((out.double() - reference.double()).norm() / reference.double().norm()).item()
 
 

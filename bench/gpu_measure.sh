@@ -28,9 +28,10 @@
 #   CONFIG_S1, CONFIG_LIIF, CONFIG_S2, CONFIG_S3: the configs (default the ct256-f4 / liif-edsr GPU ones)
 #   TRAIN_FLAGS ["--gpus 0, --precision bf16-mixed"]  DEVICE [cuda]  PYTHON [python]
 #   PACK_TO: after every part, copy gpu_measure.log and a results.tgz of OUT's small files there
-#            (no checkpoints or images): the device tool's $OUT takes 8 files at most.
+#            (no checkpoints or images), also when a job is killed at its time limit: two small
+#            files for a job whose output folder may only hold a few.
 # With no time limit, the defaults take about two hours on one H100 (an estimate from the budgets).
-# Under a 10-minute-per-call device (/work/.library/device), see BENCHMARKS.md, "On the lent device".
+# On a GPU job with a time limit and no network, see BENCHMARKS.md, "On a GPU job with a time limit".
 set -euo pipefail
 
 PARTS=${PARTS:-"benches data train eval sampling"}

@@ -53,7 +53,7 @@ def test_data_train_eval_hand_over_and_pack(tmp_path):
     bp = json.loads((out / "eval" / "ldm-1sample-bp20" / "summary.json").read_text())
     assert bp["back_projection"] == {"iterations": 20, "degradation": "bicubic"}
 
-    # what the device tool brings back: the log and one archive of the small files, no checkpoints
+    # what a time-limited job hands back (PACK_TO): the log and one archive of the small files, no checkpoints
     assert sorted(p.name for p in (tmp_path / "pack").iterdir()) == ["gpu_measure.log", "results.tgz"]
     with tarfile.open(tmp_path / "pack" / "results.tgz") as tar:
         names = tar.getnames()

@@ -68,7 +68,10 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # each (B, heads, HW, d)
+        # contiguous (B, heads, HW, d): the fused (flash) kernels need a unit stride in d, and
+        # without it SDPA falls back to the math path, which materialises the HW x HW matrix
+        # (4-7x slower on the CPU at 4k-16k tokens, and quadratic memory)
+        q, k, v = qkv.transpose(-1, -2).contiguous().unbind(dim=1)
         # bf16-safe: the fused kernels keep the softmax's running max and sum in fp32 and scale q
         # before the product, unlike LDM's q @ k^T in the autocast dtype followed by softmax
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)

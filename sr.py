@@ -137,7 +137,8 @@ def slice_runner(model: SuperResolver, exp: Experiment, sampling: dict[str, obje
             if len(items) > 1:
                 print(f"note: out of memory for {names}; retrying them one at a time", file=sys.stderr)
                 return [result for item in items for result in run([item], size, failed)]
-            failed.append(f"{names}: out of memory ({first_line(err)})")
+            failed.append(f"{names}: out of memory ({first_line(err)}); lower --tile (LDM latent tiles), "
+                          f"--n_samples or the output size, or run on a device with more memory")
         return [None] * len(items)
 
     return run

@@ -18,8 +18,9 @@ def add_model_run_options(parser: argparse.ArgumentParser | argparse._ArgumentGr
                         help="LDM sampler: ddim, dpmpp_2m (DPM-Solver++(2M): deterministic, fewer steps) or ddpm "
                              "(default: the model's)")
     parser.add_argument("--tile", type=int, default=None, metavar="N",
-                        help="LDM: denoise latents larger than N x N latent pixels in overlapping tiles, which bounds "
-                             "memory at any output size (default: the model's sample_tile, 128; 0: never tile)")
+                        help="LDM: encode, denoise and decode latents larger than N x N latent pixels in overlapping "
+                             "tiles, which bounds memory at any output size (default: the model's sample_tile, 64; "
+                             "0: never tile)")
     parser.add_argument("--back_projection", type=int, default=0, metavar="N",
                         help=f"N steps of back-projection of each trained model's SR onto its LR through {degradation}"
                              ", so it does not contradict its input (data consistency; default 0: off)")

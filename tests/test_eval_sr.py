@@ -446,6 +446,8 @@ def test_back_projection_makes_the_models_consistent_and_leaves_the_baselines(ca
         assert bp["method_info"][name]["back_projection"] == {"iterations": 10, "degradation": "bicubic"}
     rc, _, err = run(capsys, *common, "--back_projection", -1, "--out", tmp_path / "bad")
     assert rc == 2 and "--back_projection" in err
+    rc, _, err = run(capsys, *common, "--tile", -1, "--out", tmp_path / "bad")
+    assert rc == 2 and "--tile" in err
 
 
 @pytest.mark.filterwarnings("ignore")

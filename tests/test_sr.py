@@ -348,3 +348,18 @@ def test_a_batch_that_runs_out_of_memory_is_retried_one_slice_at_a_time(capsys, 
     assert rc == 0 and "retrying them one at a time" in err
     for name in ("s0.png", "s1.png", "s2.png"):
         assert (tmp_path / "three" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+def test_a_slice_that_does_not_fit_says_what_to_change(capsys, ldm_dir, tmp_path, monkeypatch):
+    import torch
+
+    write_png16_hu(tmp_path / "in" / "big.png", phantom_hu(16))
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(sr, "super_resolve_slices", no_memory)
+    rc, _, err = run(capsys, "--exp", ldm_dir, "--input", tmp_path / "in", "--scale", 2, "--out", tmp_path / "out")
+    failure = [line for line in err.splitlines() if "big" in line]
+    assert rc == 1 and len(failure) == 1 and "out of memory" in failure[0] and "--tile" in failure[0]
+    assert not list((tmp_path / "out").glob("*.png"))

@@ -68,7 +68,7 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         ckpt_path: str | None = None,
         monitor: str = "val/psnr",
         cond_upsample: str = "bicubic",
-        tile: int | None = 128,
+        tile: int | None = 64,
         tile_overlap: int = 16,
     ) -> None:
         super().__init__()
@@ -120,21 +120,26 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         z = posterior.sample() if self.training else posterior.mode()
         return z, posterior.kl()
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def _tile(self, tile: int | None) -> int | None:
+        """The tile to use: None asks for the configured one, 0 for none."""
+        return self.tile if tile is None else (tile or None)
+
+    def encode(self, x: torch.Tensor, tile: int | None = None) -> torch.Tensor:
         """Slice (B, 1, H, W) -> latent (B, embed_dim, H/f, W/f); a KL latent's mode in eval mode.
 
-        A latent larger than `tile` is encoded from overlapping image tiles f times its size.
+        A latent larger than the tile (latent pixels; None: `self.tile`, 0: never) is encoded from
+        overlapping image tiles f times its size.
         """
         f = self.downsample_factor
         size = (x.shape[-2] // f, x.shape[-1] // f)
         return blend_tiles(lambda rows, cols: self._encode(x[..., rows.start * f: rows.stop * f,
                                                               cols.start * f: cols.stop * f])[0],
-                           size, self.tile, self.tile_overlap)
+                           size, self._tile(tile), self.tile_overlap)
 
-    def features(self, z: torch.Tensor) -> torch.Tensor:
+    def features(self, z: torch.Tensor, tile: int | None = None) -> torch.Tensor:
         """Latent (B, embed_dim, h, w) -> the LIIF's feature map (B, out_ch, h, w), tiled like encode."""
-        return blend_tiles(lambda rows, cols: self.decoder(z[..., rows, cols]), tuple(z.shape[-2:]), self.tile,
-                           self.tile_overlap)
+        return blend_tiles(lambda rows, cols: self.decoder(z[..., rows, cols]), tuple(z.shape[-2:]),
+                           self._tile(tile), self.tile_overlap)
 
     def decode(
         self,
@@ -143,6 +148,7 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         coords: torch.Tensor | None = None,
         cells: torch.Tensor | None = None,
         lr: torch.Tensor | None = None,
+        tile: int | None = None,
     ) -> torch.Tensor:
         """Latent (B, embed_dim, h, w) -> image (B, 1, *out_size), or values (B, N, 1) at coords/cells (B, N, 2).
 
@@ -154,7 +160,7 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         skip = lr if self.lr_skip else None
         if (out_size is None) == (coords is None) or (coords is None) != (cells is None):
             raise ValueError("decode: give either out_size, or both coords and cells")
-        feat = self.features(z)  # (B, out_ch, h, w)
+        feat = self.features(z, tile)  # (B, out_ch, h, w)
         if out_size is not None:
             return self.liif.render(feat, out_size, lr=skip, chunk_size=self.chunk_size)
         return self.liif(feat, coords, cells, lr=skip, chunk_size=self.chunk_size)

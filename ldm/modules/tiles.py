@@ -62,6 +62,7 @@ def blend_tiles(
     h, w = size
     if tile is None or (h <= tile and w <= tile):
         return fn(slice(0, h), slice(0, w))
+    overlap = min(overlap, tile // 2)  # a small tile (--tile 8) keeps half of itself apart
     out, total, dtype = None, None, None
     for r0, r1 in tile_spans(h, tile, overlap, multiple):
         for c0, c1 in tile_spans(w, tile, overlap, multiple):

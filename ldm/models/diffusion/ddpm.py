@@ -83,7 +83,8 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         eta is DDIM's); sample_steps_val: the few steps of the validation PSNR and of log_images.
     sample_tile / sample_tile_overlap: a latent larger than sample_tile x sample_tile pixels is
         denoised in overlapping tiles (ldm.modules.tiles), so sampling memory is bounded
-        whatever the output size; None denoises every latent whole.
+        whatever the output size; None denoises every latent whole. The first stage encodes and
+        decodes with the same tile in super_resolve.
     """
 
     kind = "ldm"
@@ -111,7 +112,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         sample_eta: float = 1.0,
         sample_steps_val: int = 10,
         sampler: str = "ddim",
-        sample_tile: int | None = 128,
+        sample_tile: int | None = 64,
         sample_tile_overlap: int = 16,
     ) -> None:
         super().__init__()
@@ -189,18 +190,20 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
     # -- the pieces ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Image (B, 1, H, W) -> scaled latent (B, C, H / f, W / f), float32."""
-        return self.first_stage.encode(x).float() * self.latent_scale
+    def encode(self, x: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+        """Image (B, 1, H, W) -> scaled latent (B, C, H / f, W / f), float32 (tile: as in super_resolve)."""
+        return self.first_stage.encode(x, tile).float() * self.latent_scale
 
-    def condition(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def condition(self, lr: torch.Tensor, size: tuple[int, int], tile: int | None = None) -> torch.Tensor:
         """LR (B, 1, h, w) -> the latent of the LR upsampled to `size`, (B, C, H / f, W / f)."""
-        return self.encode(upsample(lr, size, self.cond_upsample))
+        return self.encode(upsample(lr, size, self.cond_upsample), tile)
 
-    def decode(self, z: torch.Tensor, out_size: tuple[int, int], lr: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self, z: torch.Tensor, out_size: tuple[int, int], lr: torch.Tensor, tile: int | None = None
+    ) -> torch.Tensor:
         """Scaled latent -> image (B, 1, *out_size); differentiable (the alignment loss needs it)."""
         return self.first_stage.decode(
-            z / self.latent_scale, out_size=out_size, lr=lr if self.first_stage.lr_skip else None
+            z / self.latent_scale, out_size=out_size, lr=lr if self.first_stage.lr_skip else None, tile=tile
         )
 
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -317,8 +320,8 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         if tile is not None and tile < 0:
             raise ValueError(f"tile: expected >= 0 latent pixels (0: no tiles), got {tile}")
         multiple = self.unet.downsample_factor
-        if tile:  # a tile is a whole number of the UNet's coarsest cells, and larger than its overlap
-            tile = max(tile // multiple * multiple, multiple * (self.sample_tile_overlap // multiple + 1))
+        if tile:  # a tile is a whole number of the UNet's coarsest cells
+            tile = max(multiple, tile // multiple * multiple)
         settings = {"sampler": sampler, "tile": tile or None}
         if sampler == "ddpm":
             return {**settings, "steps": steps or self.schedule.num_timesteps, "eta": None}
@@ -366,7 +369,8 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
                 raise ValueError(f"seed: expected one seed per image ({b}), got {len(seed)}")
             generator = [torch.Generator().manual_seed(int(s)) for s in seed]
         in_hw = model_input_size(tuple(lr.shape[-2:]), out_hw, self.max_input_scale, self.input_multiple)
-        cond = self.condition(lr, in_hw).repeat_interleave(k, dim=0)  # (B K, C, h', w'), each image's K adjacent
+        tile = settings["tile"] or 0  # the UNet's tile bounds the first stage's too (0: all whole)
+        cond = self.condition(lr, in_hw, tile).repeat_interleave(k, dim=0)  # (B K, C, h', w'), each image's K adjacent
         x_T = seeded_randn((b * k, self.unet.out_channels, *cond.shape[-2:]), generator, lr.device)
         options: dict[str, Any] = {"steps": settings["steps"], "generator": generator}
         if settings["eta"] is not None:
@@ -378,7 +382,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
             )
         z0 = z0.reshape(b, k, *z0.shape[1:])  # (B, K, C, h', w')
         # one decode per sample index bounds the decoder's memory at large out_size
-        sr = [self.decode(z0[:, i], out_hw, lr) for i in range(k)]
+        sr = [self.decode(z0[:, i], out_hw, lr, tile) for i in range(k)]
         return torch.cat(sr, dim=1).float()  # (B, K, H, W)
 
     @torch.no_grad()

@@ -3,7 +3,8 @@
 sample CT -> patient-wise split (lung2 held out) -> LIIF baseline with the LR skip -> stage 1
 (autoencoder with implicit decoder) -> stage 2 (latent diffusion) -> stage 3 (alignment) ->
 eval_sr.py at x2, x3.5, x4: bicubic, Lanczos, LIIF, the first stage, the LDM (one sample and the
-mean of K) and stage 3 in one table. Small CPU configs (configs/*/ct-demo*.yaml, liif-demo.yaml);
+mean of K) and stage 3 in one table -> sr.py on one full-size (512 px) held-out slice at x2, with
+its time and peak memory and a figure beside bicubic. Small CPU configs (configs/*/ct-demo*.yaml, liif-demo.yaml);
 a GPU is used when present. A re-run reuses the sample, the split and finished training runs, and
 says so; --fresh retrains.
 """
@@ -59,6 +60,36 @@ def train(name: str, configs: list[str], extra: list[str], args: argparse.Namesp
     return run_dir
 
 
+def real_size_slice(run_dir: Path, data: Path, device: str, args: argparse.Namespace) -> Path:
+    """sr.py on the held-out patient's middle slice at full size (512 px -> 1024 px), measured as
+    its own process (wall time, peak resident memory), and a figure of the result beside bicubic."""
+    from bench.sr_real import run_sr
+    from ldm.data.degradation import upsample
+    from ldm.data.intensity import read_slice
+    from ldm.evaluation.figures import real_size_figure
+
+    slices = sorted((REPO / data / "CT").rglob(f"{TEST_PATIENT}*.png"))
+    if not slices:
+        sys.exit(f"demo: no {TEST_PATIENT} slices under {data / 'CT'}")
+    lr_path, out = slices[len(slices) // 2], run_dir / "sr_real"
+    cmd = [sys.executable, "sr.py", "--exp", str(run_dir), "--input", str(lr_path), "--scale", "2", "--steps",
+           str(args.real_steps), "--device", device, "--out", str(out), "--no_progress"]
+    print("$ " + " ".join(cmd), flush=True)
+    result = run_sr(cmd, timeout=3600)
+    if result["rc"] != 0:
+        sys.exit(f"demo: sr.py failed (exit {result['rc']}): {result['last_line']}")
+    sr_path = out / f"{lr_path.stem}.png"
+    lr_hu, sr_hu = read_slice(lr_path)[0], read_slice(sr_path)[0]
+    bicubic = upsample(torch.from_numpy(lr_hu)[None, None], tuple(sr_hu.shape), mode="bicubic")[0, 0].numpy()
+    figure = out / f"{lr_path.stem}_vs_bicubic.png"
+    real_size_figure(figure, {"bicubic": bicubic, f"LDM ({run_dir.name.split('_', 1)[-1]})": sr_hu},
+                     f"{lr_path.name} ({lr_hu.shape[0]} px) at x2, {args.real_steps} DDIM steps; no ground truth")
+    print(f"sr.py {lr_hu.shape[0]} -> {sr_hu.shape[0]} px on {device}: {result['wall_s']:.1f} s, peak resident "
+          f"memory {result['peak_rss_gib']:.2f} GiB -> {sr_path}")
+    print(f"figure beside bicubic: {figure}")
+    return sr_path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fresh", action="store_true", help="retrain even if finished demo runs exist")
@@ -69,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", type=float, nargs="+", default=[2.0, 3.5, 4.0])
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps for the evaluation")
     parser.add_argument("--n_samples", type=int, default=4, help="K of the LDM's mean-of-K rows")
+    parser.add_argument("--real_steps", type=int, default=10,
+                        help="DDIM steps for the full-size slice of the last step (its time grows with them)")
     parser.add_argument("--every", type=int, default=4, help="evaluate every n-th test slice (CPU time)")
     parser.add_argument("--first_k", type=int, default=None, help="evaluate only the first k test slices")
     parser.add_argument("--overrides", nargs="*", default=[],
@@ -79,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {device}")
 
     data = Path(args.data_dir)
-    banner("1/7 sample CT (real chest and head CT from package registries, 16-bit HU PNGs)")
+    banner("1/8 sample CT (real chest and head CT from package registries, 16-bit HU PNGs)")
     if args.no_fetch:
         print(f"using the slices in {data / 'CT'} (--no_fetch)")
     else:
         run([sys.executable, "-m", "ldm.data.sample", "--out", str(data / "CT")])
 
-    banner(f"2/7 patient-wise split ({TEST_PATIENT} held out for testing)")
+    banner(f"2/8 patient-wise split ({TEST_PATIENT} held out for testing)")
     if all((REPO / data / f"{s}.txt").is_file() for s in ("train", "val", "test")):
         print(f"reusing {data}/train.txt, val.txt, test.txt (delete them to split again)")
     else:
@@ -94,22 +127,22 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = [f"data.params.root={data / 'CT'}", *[f"data.params.{s}_list={data / f'{s}.txt'}"
                       for s in ("train", "val", "test")], *args.overrides]
 
-    banner("3/7 LIIF baseline with the LR skip (the regression method to beat)")
+    banner("3/8 LIIF baseline with the LR skip (the regression method to beat)")
     liif = train("demo-liif", [LIIF_CFG], args.overrides, args)
 
-    banner("4/7 stage 1: autoencoder with an implicit neural decoder")
+    banner("4/8 stage 1: autoencoder with an implicit neural decoder")
     first = train("demo-first-stage", [FIRST_STAGE_CFG], args.overrides, args)
 
-    banner("5/7 stage 2: latent diffusion conditioned on the LR slice")
+    banner("5/8 stage 2: latent diffusion conditioned on the LR slice")
     ckpt = first / "checkpoints" / "last.ckpt"
     ldm = train("demo-ldm", [LDM_CFG],
                 [f"model.params.first_stage_config.params.ckpt_path={ckpt}", *args.overrides], args)
 
-    banner("6/7 stage 3: alignment through the fixed decoder")
+    banner("6/8 stage 3: alignment through the fixed decoder")
     aligned = train("demo-ldm-align", [LDM_CFG, ALIGN_CFG],
                     [f"model.params.ckpt_path={ldm / 'checkpoints' / 'last.ckpt'}", *args.overrides], args)
 
-    banner(f"7/7 evaluation on {TEST_PATIENT}: LR {args.lr_size} px at x{', x'.join(f'{s:g}' for s in args.scales)}")
+    banner(f"7/8 evaluation on {TEST_PATIENT}: LR {args.lr_size} px at x{', x'.join(f'{s:g}' for s in args.scales)}")
     out = aligned / "eval" / "demo"
     cmd = [sys.executable, "eval_sr.py", "--exp", str(aligned), "--compare", str(liif), str(first), str(ldm),
            "--lr_size", str(args.lr_size), "--scale_ratio", *[f"{s:g}" for s in args.scales],
@@ -119,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--first_k", str(args.first_k)]
     run(cmd)
 
+    banner("8/8 a full-size held-out slice (512 px) through sr.py at x2, measured")
+    real = real_size_slice(aligned, data, device, args)
+
     banner(f"done in {(time.time() - start) / 60:.1f} min")
     print(f"LIIF run:        {liif}")
     print(f"stage 1 run:     {first}")
@@ -126,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stage 3 run:     {aligned}")
     print(f"metrics:         {out}/summary.json (+ one folder per scale with metrics.json, CSV)")
     print(f"figures:         {out}/x*/images/, {out}/psnr_vs_scale.png")
+    print(f"real-size slice: {real}")
     return 0
 
 

@@ -81,3 +81,39 @@ def comparison_figure(
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def real_size_figure(path: str | os.PathLike[str], outputs: dict[str, np.ndarray], title: str) -> None:
+    """Outputs of one real-size slice (HU arrays of one shape, no GT) -> one PNG: each output in
+    the soft-tissue window, the same detail crop (chosen on the first output) in the lung window,
+    and each output minus the first in HU (what a model adds to, say, bicubic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(outputs)
+    base = outputs[names[0]]
+    crop = detail_crop(base)
+    fig, axes = plt.subplots(3, len(names), figsize=(3.2 * len(names), 9.6), squeeze=False)
+    for j, name in enumerate(names):
+        hu = outputs[name]
+        axes[0, j].imshow(hu, cmap="gray", vmin=SOFT_TISSUE_WINDOW[0], vmax=SOFT_TISSUE_WINDOW[1])
+        axes[0, j].set_title(f"{name}\n{hu.shape[0]}x{hu.shape[1]}", fontsize=8)
+        axes[1, j].imshow(hu[crop], cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1], interpolation="nearest")
+        diff = axes[2, j].imshow(hu - base, cmap="coolwarm", vmin=-ERROR_MAX_HU / 2, vmax=ERROR_MAX_HU / 2)
+        for row in axes[:, j]:
+            row.set_xticks([])
+            row.set_yticks([])
+        axes[0, j].add_patch(plt.Rectangle((crop[1].start, crop[0].start), crop[1].stop - crop[1].start,
+                                           crop[0].stop - crop[0].start, fill=False, edgecolor="yellow",
+                                           linewidth=0.8))
+    axes[0, 0].set_ylabel(f"soft tissue [{SOFT_TISSUE_WINDOW[0]:g}, {SOFT_TISSUE_WINDOW[1]:g}] HU", fontsize=8)
+    axes[1, 0].set_ylabel(f"crop, lung [{LUNG_WINDOW[0]:g}, {LUNG_WINDOW[1]:g}] HU", fontsize=8)
+    axes[2, 0].set_ylabel(f"minus {names[0]} (HU)", fontsize=8)
+    axes[2, 0].set_visible(False)
+    fig.colorbar(diff, ax=axes[2, :].tolist(), fraction=0.02, pad=0.01, label=f"HU minus {names[0]}")
+    fig.suptitle(title, fontsize=9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)

@@ -17,8 +17,8 @@ TINY = ["lightning.trainer.max_steps=3", "lightning.trainer.max_time=null", "dat
 def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, fixtures_dir):
     shutil.copytree(fixtures_dir / "CT", tmp_path / "data" / "CT")
     cmd = [sys.executable, "demo.py", "--data_dir", str(tmp_path / "data"), "--no_fetch", "--logdir",
-           str(tmp_path / "logs"), "--lr_size", "16", "--scales", "2", "3.5", "--steps", "2", "--n_samples", "2",
-           "--every", "1", "--overrides", *TINY]
+           str(tmp_path / "logs"), "--lr_size", "16", "--scales", "2", "3.5", "--steps", "2", "--real_steps", "2",
+           "--n_samples", "2", "--every", "1", "--overrides", *TINY]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -32,6 +32,10 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, fixtures_dir):
     assert rows == {"bicubic", "lanczos", "demo-liif", "demo-first-stage", "demo-ldm (1 sample)",
                     "demo-ldm (mean of 2)", "demo-ldm-align (1 sample)", "demo-ldm-align (mean of 2)"}, rows
     assert (eval_dir / "psnr_vs_scale.png").is_file() and list((eval_dir / "x2" / "images").rglob("*_compare.png"))
+    # the last step super-resolves one whole held-out slice with sr.py and reports its cost
+    real = eval_dir.parents[1] / "sr_real"
+    assert "peak resident memory" in out and len(list(real.glob("chest_lung2*_vs_bicubic.png"))) == 1
+    assert len([p for p in real.glob("chest_lung2*.png") if not p.stem.endswith("_vs_bicubic")]) == 1
     # a second run reuses the split and the finished runs
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})

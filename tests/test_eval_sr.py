@@ -402,7 +402,8 @@ def test_tiny_ldm_against_the_tiny_first_stage(capsys, tiny_runs, tmp_path):
     assert "kind: first_stage" in out and doc["kind"] == "first_stage" and doc["out_size"] == [59, 59]
     assert list(doc["methods"]) == ["bicubic", "lanczos", "ldm-tiny", "first_stage-tiny"]
     assert doc["steps"] is None
-    assert doc["method_info"]["ldm-tiny"]["sampling"] == {"sampler": "ddim", "steps": 2, "eta": 1.0, "n_samples": 1}
+    assert doc["method_info"]["ldm-tiny"]["sampling"] == {"sampler": "ddim", "steps": 2, "eta": 1.0, "tile": 64,
+                                                         "n_samples": 1}
 
 
 def test_bf16_precision_runs_the_models_under_autocast_and_says_so(capsys, tiny_runs, tmp_path):

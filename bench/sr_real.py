@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                            "--steps", str(args.steps), "--out", str(out), "--no_progress", *args.sr_args.split()]
                 row = {"run": Path(run).name, "weights": weights, "scale": scale, "steps": args.steps,
                        **run_sr(command, args.timeout)}
-                written = sorted(out.glob("*.png"))
-                row["output"] = "x".join(map(str, _png_size(written[0]))) if row["rc"] == 0 and written else None
+                written = sorted(out.glob("*.png")) + sorted(out.glob("*.nii.gz"))
+                row["output"] = "x".join(map(str, _image_size(written[0]))) if row["rc"] == 0 and written else None
                 print(f"{row['run']} x{scale:g}: rc {row['rc']}, {row['wall_s']} s, peak {row['peak_rss_gib']} GiB, "
                       f"output {row['output']}", flush=True)
                 rows.append(row)
@@ -116,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(row["rc"] == 0 for row in rows) else 1
 
 
-def _png_size(path: Path) -> tuple[int, int]:
+def _image_size(path: Path) -> tuple[int, ...]:
+    """(rows, cols) of a PNG, the array shape of a NIfTI volume."""
+    if path.name.endswith(".nii.gz"):
+        import nibabel as nib
+
+        return tuple(nib.load(path).shape)
     from PIL import Image
 
     with Image.open(path) as image:

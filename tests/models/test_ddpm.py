@@ -368,3 +368,41 @@ def test_the_loss_encodes_target_and_condition_as_separate_passes_would(first_st
     torch.testing.assert_close(loss, F.mse_loss(model.denoise(z_t, t, cond), noise), rtol=1e-5, atol=1e-7)
     unconditioned = F.mse_loss(model.denoise(z_t, t, torch.zeros_like(cond)), noise)
     assert (loss - unconditioned).abs() > 1e-3 * loss
+
+
+def test_residual_scale_is_set_from_the_first_batch_and_the_mapping_inverts(first_stage_ckpt):
+    model = build(first_stage_ckpt, residual=True)
+    batch = make_batch(seed=1)
+    model.on_train_batch_start(batch, 0)
+    size = tuple(batch["hr"].shape[-2:])
+    z0, cond = model.encode(batch["hr"]), model.condition(batch["lr"], size)
+    x0 = model.to_diffusion(z0, cond)
+    assert x0.std().item() == pytest.approx(1.0, rel=1e-4)  # the diffusion sees a unit-variance residual
+    assert torch.allclose(model.from_diffusion(x0, cond), z0, atol=1e-5)
+    assert build(first_stage_ckpt).residual_scale.item() == 1.0  # without residual: the latent itself
+
+
+class NoDetail:
+    """A denoiser that says x_0 = 0 at every step: eps = x_t / sqrt(1 - a_t)."""
+
+    def __init__(self, schedule):
+        self.schedule = schedule
+
+    def __call__(self, x_t, t, cond):
+        a_t = self.schedule.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return x_t / (1 - a_t).sqrt()
+
+
+def test_a_residual_ldm_whose_denoiser_adds_nothing_returns_the_first_stages_sr(first_stage_ckpt):
+    """The residual's point: the LR's content comes through the condition, whatever the denoiser."""
+    model = build(first_stage_ckpt, residual=True)
+    model.on_train_batch_start(make_batch(seed=1), 0)
+    model.predict_eps = NoDetail(model.schedule)
+    lr = make_batch(seed=3)["lr"]
+    sr = model.super_resolve(lr, (32, 32), steps=5, eta=1.0, seed=0, tile=0)
+    expected = model.decode(model.condition(lr, (32, 32)), (32, 32), lr)
+    assert torch.allclose(sr, expected, atol=1e-4)
+    plain = build(first_stage_ckpt)
+    plain.load_state_dict(model.state_dict(), strict=False)
+    plain.predict_eps = NoDetail(plain.schedule)
+    assert not torch.allclose(plain.super_resolve(lr, (32, 32), steps=5, seed=0, tile=0), expected, atol=1e-2)

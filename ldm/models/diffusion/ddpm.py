@@ -76,6 +76,10 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
     cond_upsample: how the LR is brought to the model's input size before the encoder.
     max_input_scale: the input (and latent) size is at most this x the LR size (see
         ldm.models.base.model_input_size); the decoder scales the rest.
+    residual: diffuse the latent's residual to the condition, z_0 - cond, instead of z_0 itself
+        (as SRDiff diffuses HR - up(LR)); with scale_by_std the residual is scaled to unit std
+        too (residual_scale). The sample is cond + residual: the LR's content comes through the
+        condition unchanged and the denoiser only has to supply the detail (see README).
     alignment: stage 3, the loss through the decoder; align_weight_max clamps its weight.
     ckpt_path: initialise the whole model (first stage, UNet, EMA, latent scale) from a
         stage-2 checkpoint; the fine-tune then starts from that run's EMA weights.
@@ -104,6 +108,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         use_ema: bool = True,
         ema_decay: float = 0.9999,
         max_input_scale: float = 8.0,
+        residual: bool = False,
         alignment: bool = False,
         align_weight_max: float | None = 5.0,
         ckpt_path: str | None = None,
@@ -125,6 +130,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         self.scale_by_std = scale_by_std
         self.cond_upsample = cond_upsample
         self.max_input_scale = float(max_input_scale)
+        self.residual = residual
         self.alignment = alignment
         self.align_weight_max = align_weight_max
         self.monitor = monitor
@@ -149,6 +155,8 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
             )
         self.schedule = DiffusionSchedule(timesteps, beta_schedule, linear_start, linear_end)
         self.register_buffer("latent_scale", torch.tensor(float(scale_factor)))
+        # the residual's own scale in latent_scale units (1: unscaled, and always 1 without residual)
+        self.register_buffer("residual_scale", torch.tensor(1.0))
         # without scale_by_std the configured scale_factor is final from the start
         self.register_buffer("latent_scale_set", torch.tensor(not scale_by_std))
         self.init_ema(use_ema, ema_decay)
@@ -206,6 +214,14 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
             z / self.latent_scale, out_size=out_size, lr=lr if self.first_stage.lr_skip else None, tile=tile
         )
 
+    def to_diffusion(self, z0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> the variable the diffusion runs on: z0 itself, or (z0 - cond) x residual_scale."""
+        return (z0 - cond) * self.residual_scale if self.residual else z0
+
+    def from_diffusion(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The inverse of to_diffusion: a sampled (or estimated) x_0 back to the scaled latent."""
+        return cond + x0 / self.residual_scale if self.residual else x0
+
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The UNet's raw prediction (eps or v), float32: z_t, cond (B, C, h, w), t (B,)."""
         return self.unet(torch.cat([z_t, cond], dim=1), t).float()  # (B, 2C, h, w) -> (B, C, h, w)
@@ -218,12 +234,18 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
     # -- the latent scale ---------------------------------------------------------------------
 
     @torch.no_grad()
-    def set_latent_scale(self, hr: torch.Tensor) -> None:
-        """latent_scale = 1 / std(E(hr)) so that the diffusion sees unit-variance latents."""
+    def set_latent_scale(self, hr: torch.Tensor, lr: torch.Tensor) -> None:
+        """latent_scale = 1 / std(E(hr)) so that the diffusion sees unit-variance latents; with
+        `residual`, residual_scale = 1 / std of the scaled residual z_0 - cond, likewise."""
         z = self.first_stage.encode(hr).float()
         self.latent_scale.fill_(1.0 / z.flatten().std().item())
-        self.latent_scale_set.fill_(True)
         rank_zero_info(f"latent scale set to {self.latent_scale.item():.6g} = 1 / std of the first batch's latents")
+        if self.residual:
+            cond = self.condition(lr, tuple(hr.shape[-2:]))
+            residual = z * self.latent_scale - cond
+            self.residual_scale.fill_(1.0 / residual.flatten().std().clamp_min(1e-6).item())
+            rank_zero_info(f"residual scale set to {self.residual_scale.item():.6g} = 1 / std of its residuals")
+        self.latent_scale_set.fill_(True)
 
     def on_train_start(self) -> None:
         # after any checkpoint restore: the flags now say what the weights really are
@@ -242,7 +264,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         if not bool(self.latent_scale_set):
-            self.set_latent_scale(batch["hr"])
+            self.set_latent_scale(batch["hr"], batch["lr"])
 
     # -- training -----------------------------------------------------------------------------
 
@@ -255,23 +277,24 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         # the HR target and the condition through the frozen encoder in one pass: half the launches,
         # twice the batch (GroupNorm is per sample, so each latent is what a separate pass gives)
         z0, cond = self.encode(torch.cat([hr, upsample(lr, size, self.cond_upsample)])).chunk(2)  # (B, C, h, w) each
+        x0 = self.to_diffusion(z0, cond)
         if not self.alignment:
-            return self.latent_loss(z0, cond, t, noise)
-        z_t = self.schedule.q_sample(z0, t, noise)
-        out = self.denoise(z_t, t, cond)
-        eps = out if self.parameterization == "eps" else self.schedule.predict_noise_from_v(z_t, t, out)
-        x0_hat = self.schedule.predict_start_from_noise(z_t, t, eps)
-        sr = self.decode(x0_hat, size, lr)  # (B, 1, H, W), gradients through the fixed decoder
+            return self.latent_loss(x0, cond, t, noise)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        out = self.denoise(x_t, t, cond)
+        eps = out if self.parameterization == "eps" else self.schedule.predict_noise_from_v(x_t, t, out)
+        z0_hat = self.from_diffusion(self.schedule.predict_start_from_noise(x_t, t, eps), cond)
+        sr = self.decode(z0_hat, size, lr)  # (B, 1, H, W), gradients through the fixed decoder
         weights = alignment_weights(self.schedule.alphas_cumprod[t], self.align_weight_max)
-        return alignment_loss(x0_hat, z0, sr, hr, weights)
+        return alignment_loss(z0_hat, z0, sr, hr, weights)
 
-    def latent_loss(self, z0: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Stage 2's loss on latents: MSE of the UNet's eps (or v) at z_t = q_sample(z0, t, noise).
+    def latent_loss(self, x0: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Stage 2's loss: MSE of the UNet's eps (or v) at x_t = q_sample(x0, t, noise), x0 = to_diffusion(z0, cond).
 
         All of a stage-2 step but the frozen encoder; bench/training.py times it alone (stage 'unet').
         """
-        out = self.denoise(self.schedule.q_sample(z0, t, noise), t, cond)
-        target = noise if self.parameterization == "eps" else self.schedule.get_v(z0, noise, t)
+        out = self.denoise(self.schedule.q_sample(x0, t, noise), t, cond)
+        target = noise if self.parameterization == "eps" else self.schedule.get_v(x0, noise, t)
         return F.mse_loss(out, target)
 
     def _latent_shape(self, hr: torch.Tensor) -> tuple[int, ...]:
@@ -377,9 +400,10 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
             options["eta"] = settings["eta"]
         with self.ema_scope():
             denoiser = tiled(self.predict_eps, settings["tile"], self.sample_tile_overlap, self.unet.downsample_factor)
-            z0 = SAMPLERS[settings["sampler"]](
+            x0 = SAMPLERS[settings["sampler"]](
                 denoiser, x_T, self.schedule, extra_args={"cond": cond}, disable=not progress, **options
             )
+        z0 = self.from_diffusion(x0, cond)
         z0 = z0.reshape(b, k, *z0.shape[1:])  # (B, K, C, h', w')
         # one decode per sample index bounds the decoder's memory at large out_size
         sr = [self.decode(z0[:, i], out_hw, lr, tile) for i in range(k)]

@@ -25,7 +25,9 @@
 #   EVAL_STEPS [50]  EVAL_SCALES ["2 3.5 4 6 8"]  EVAL_LR [64]  EVAL_PRECISION [fp32]  EVAL_BATCH [16]
 #   EVAL_BP [20]: back-projection steps of the extra, data-consistent evaluation (0: none)
 #   DATA_DIR [data] (slices in DATA_DIR/CT, split lists beside them)  FETCH [1] (0: use DATA_DIR/CT as is)
-#   CONFIG_S1, CONFIG_LIIF, CONFIG_S2, CONFIG_S3: the configs (default the ct256-f4 / liif-edsr GPU ones)
+#   CONFIG_S1, CONFIG_LIIF, CONFIG_S2, CONFIG_S3: the configs (default the ct256-f4 / liif-edsr GPU ones;
+#            CONFIG_S3 may name two files, a stage-2 config and the stage-3 overlay)
+#   S1_OVERRIDES, LIIF_OVERRIDES, S2_OVERRIDES, S3_OVERRIDES: key=value overrides of one run's config
 #   TRAIN_FLAGS ["--gpus 0, --precision bf16-mixed"]  DEVICE [cuda]  PYTHON [python]
 #   PACK_TO: after every part, copy gpu_measure.log and a results.tgz of OUT's small files there
 #            (no checkpoints or images), also when a job is killed at its time limit: two small
@@ -107,8 +109,8 @@ train() {
     fi
     local before
     before=$(runs "$name")
-    # shellcheck disable=SC2086  # TRAIN_FLAGS is a list of flags
-    run "$PY" main.py --base "$config" -t -n "$name" -l "$LOGS" $TRAIN_FLAGS --scale_lr False \
+    # shellcheck disable=SC2086  # TRAIN_FLAGS is a list of flags, config one or more files
+    run "$PY" main.py --base $config -t -n "$name" -l "$LOGS" --scale_lr False $TRAIN_FLAGS \
         "lightning.trainer.max_time=$budget" "data.params.root=$DATA_DIR/CT" \
         "data.params.train_list=$DATA_DIR/train.txt" "data.params.val_list=$DATA_DIR/val.txt" \
         "data.params.test_list=$DATA_DIR/test.txt" "$@"
@@ -141,21 +143,28 @@ part_data() {
 
 part_train() {
     banner "train: $TRAIN (stage 1 $STAGE1_TIME, LIIF $LIIF_TIME each, stage 2 $STAGE2_TIME, stage 3 $STAGE3_TIME)"
-    if wants "$TRAIN" s1; then train s1 "$CONFIG_S1" "$STAGE1_TIME"; fi
-    if wants "$TRAIN" liif; then train liif "$CONFIG_LIIF" "$LIIF_TIME"; fi
-    if wants "$TRAIN" liif-skip; then train liif-skip "$CONFIG_LIIF" "$LIIF_TIME" model.params.lr_skip=true; fi
+    # shellcheck disable=SC2086  # *_OVERRIDES are lists of key=value
+    if wants "$TRAIN" s1; then train s1 "$CONFIG_S1" "$STAGE1_TIME" ${S1_OVERRIDES:-}; fi
+    # shellcheck disable=SC2086
+    if wants "$TRAIN" liif; then train liif "$CONFIG_LIIF" "$LIIF_TIME" model.params.lr_skip=false ${LIIF_OVERRIDES:-}; fi
+    # shellcheck disable=SC2086
+    if wants "$TRAIN" liif-skip; then
+        train liif-skip "$CONFIG_LIIF" "$LIIF_TIME" model.params.lr_skip=true ${LIIF_OVERRIDES:-}
+    fi
     if wants "$TRAIN" s2; then
         local s1
         s1=$(finished s1)
         [[ -n "$s1" ]] || { echo "stage 2 needs a finished stage-1 run (TRAIN must include s1)"; exit 2; }
+        # shellcheck disable=SC2086
         train s2 "$CONFIG_S2" "$STAGE2_TIME" \
-            "model.params.first_stage_config.params.ckpt_path=$s1/checkpoints/last.ckpt"
+            "model.params.first_stage_config.params.ckpt_path=$s1/checkpoints/last.ckpt" ${S2_OVERRIDES:-}
     fi
     if wants "$TRAIN" s3; then
         local s2
         s2=$(finished s2)
         [[ -n "$s2" ]] || { echo "stage 3 needs a finished stage-2 run (TRAIN must include s2)"; exit 2; }
-        train s3 "$CONFIG_S3" "$STAGE3_TIME" "model.params.ckpt_path=$s2/checkpoints/last.ckpt"
+        # shellcheck disable=SC2086  # CONFIG_S3 may be two files, the stage-2 config and its overlay
+        train s3 "$CONFIG_S3" "$STAGE3_TIME" "model.params.ckpt_path=$s2/checkpoints/last.ckpt" ${S3_OVERRIDES:-}
     fi
     for name in s1 liif liif-skip s2 s3; do
         printf '%s: %s\n' "$name" "$(finished "$name")"
@@ -209,7 +218,9 @@ part_sampling() {
     s2=$(finished s2)
     [[ -n "$s2" ]] || { echo "no finished stage-2 run (part train with s2 first)"; return 0; }
     local common=("$PY" bench/sampling.py --exp "$s2" --data_root "$DATA_DIR/CT" --list "$DATA_DIR/test.txt"
-        --device "$DEVICE" --compile --samplers ddim dpmpp_2m)
+        --device "$DEVICE" --samplers ddim dpmpp_2m)
+    # torch.compile pays off on a GPU; on the CPU its compile time would dominate the bench
+    if [[ "$DEVICE" == cuda* ]]; then common+=(--compile); fi
     # shellcheck disable=SC2086
     run "${common[@]}" --out "$OUT/sampling.json" ${SAMPLING_ARGS:-}
     if [[ "$DEVICE" == cuda* ]]; then

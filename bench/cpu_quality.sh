@@ -19,7 +19,7 @@ set -euo pipefail
 export PARTS=${PARTS:-"data train eval sampling"}
 export TRAIN=${TRAIN:-"s1 liif-skip s2 s3"}
 export DEVICE=${DEVICE:-cpu}
-export TRAIN_FLAGS=${TRAIN_FLAGS:-""}
+export TRAIN_FLAGS=${TRAIN_FLAGS:-"--precision 32"}  # CPU, fp32 (an empty value would mean the GPU default)
 export CONFIG_S1=${CONFIG_S1:-configs/first-stage/ct-demo.yaml}
 export CONFIG_LIIF=${CONFIG_LIIF:-configs/baselines/liif-demo.yaml}
 export CONFIG_S2=${CONFIG_S2:-configs/latent-diffusion/ct-demo.yaml}

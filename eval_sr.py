@@ -182,9 +182,9 @@ def make_out_dir(args: argparse.Namespace, default: Path) -> Path:
 
 
 def effective_sampling(args: argparse.Namespace, run: Experiment, n_samples: int) -> dict[str, Any]:
-    """What an LDM row samples with (LatentDiffusionSR.sampling_settings: the requested sampler,
-    steps and eta, else its config's), and its sample count."""
-    return {**run.model.sampling_settings(args.sampler, args.steps, args.eta, args.tile), "n_samples": n_samples}
+    """What an LDM row samples with (LatentDiffusionSR.sampling: the requested sampler, steps, eta
+    and tile, else its config's), and its sample count."""
+    return {**run.model.sampling(args.sampler, args.steps, args.eta, args.tile).record(), "n_samples": n_samples}
 
 
 def build_methods(args: argparse.Namespace, exp: Experiment, others: list[Experiment], data_kind: str,

@@ -98,7 +98,7 @@ def sampling_record(args: argparse.Namespace, exp: Experiment) -> dict[str, obje
     """What an LDM samples with, defaults resolved (for sr_run.json); {} for deterministic models."""
     if exp.kind != "ldm":
         return {}
-    return {**exp.model.sampling_settings(args.sampler, args.steps, args.eta, args.tile), "n_samples": args.n_samples}
+    return {**exp.model.sampling(args.sampler, args.steps, args.eta, args.tile).record(), "n_samples": args.n_samples}
 
 
 def sampling_of(args: argparse.Namespace, exp: Experiment) -> dict[str, object]:

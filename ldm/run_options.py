@@ -7,7 +7,7 @@ import argparse
 
 import torch
 
-from ldm.models.diffusion.samplers import SAMPLERS
+from ldm.models.diffusion.samplers import SAMPLERS, sampler_function
 from ldm.precision import PRECISIONS, check_precision
 
 
@@ -37,8 +37,8 @@ def check_model_run_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--back_projection: must be >= 0, got {args.back_projection}")
     if args.tile is not None and args.tile < 0:
         raise ValueError(f"--tile: must be >= 0 latent pixels (0: never tile), got {args.tile}")
-    if args.sampler is not None and args.sampler not in SAMPLERS:
-        raise ValueError(f"--sampler: expected one of {', '.join(sorted(SAMPLERS))}, got '{args.sampler}'")
+    if args.sampler is not None:
+        sampler_function(args.sampler, "--sampler")
     try:
         device = torch.device(args.device)
     except RuntimeError as err:

@@ -19,6 +19,7 @@ from ldm.data.degradation import upsample
 from ldm.data.intensity import write_png16_hu
 from ldm.experiment import build_model
 from ldm.models.base import EMAMixin
+from ldm.models.diffusion.samplers import Sampling
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -67,9 +68,9 @@ class FakeLDM(FakeSR):
         self.noise = noise
         self.calls = []
 
-    def sampling_settings(self, sampler=None, steps=None, eta=None, tile=None):
-        return {"sampler": sampler or "ddim", "steps": steps or 50, "eta": 1.0 if eta is None else eta,
-                "tile": tile or None}
+    def sampling(self, sampler=None, steps=None, eta=None, tile=None):
+        return Sampling.resolve(sampler or "ddim", steps, eta, num_timesteps=1000, default_steps=50, default_eta=1.0,
+                                tile=tile or None)
 
     def super_resolve(self, lr, out_size, steps=None, eta=None, n_samples=1, sampler="ddim", seed=None,
                       generator=None, progress=False, tile=None):

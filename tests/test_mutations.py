@@ -25,11 +25,11 @@ import ldm.models.diffusion.samplers as samplers
 TESTS = Path(__file__).parent
 
 
-def ddim_without_the_eps_direction(model, x, schedule, extra_args=None, callback=None, disable=None, steps=50,
+def ddim_without_the_eps_direction(model, x, schedule, timesteps, extra_args=None, callback=None, disable=None,
                                    eta=1.0, generator=None):
     """DDIM whose step drops sqrt(1 - a_prev - sigma^2) eps and triples the noise."""
     extra_args = extra_args or {}
-    for i, t, a_t, a_prev in samplers._steps(schedule, steps, disable):
+    for i, t, a_t, a_prev in samplers._steps(schedule, timesteps, disable):
         _, pred_x0 = samplers._eps_and_x0(model, x, t, a_t, extra_args)
         sigma = eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
         x = math.sqrt(a_prev) * pred_x0 + 3 * sigma * samplers.seeded_randn(x.shape, generator, x.device, x.dtype)
@@ -38,11 +38,11 @@ def ddim_without_the_eps_direction(model, x, schedule, extra_args=None, callback
     return x
 
 
-def ddpm_without_the_posterior_mean(model, x, schedule, extra_args=None, callback=None, disable=None, steps=None,
+def ddpm_without_the_posterior_mean(model, x, schedule, timesteps, extra_args=None, callback=None, disable=None,
                                     generator=None):
     """Ancestral sampling whose step is centred on sqrt(a_prev) x0_hat, not the posterior mean."""
     extra_args = extra_args or {}
-    for i, t, a_t, a_prev in samplers._steps(schedule, steps or schedule.num_timesteps, disable):
+    for i, t, a_t, a_prev in samplers._steps(schedule, timesteps, disable):
         _, pred_x0 = samplers._eps_and_x0(model, x, t, a_t, extra_args)
         variance = (1.0 - a_t / a_prev) * (1.0 - a_prev) / (1.0 - a_t)
         x = math.sqrt(a_prev) * pred_x0 + math.sqrt(variance) * samplers.seeded_randn(x.shape, generator, x.device,

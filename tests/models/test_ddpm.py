@@ -110,11 +110,11 @@ def test_dpmpp_2m_sampling_is_deterministic_and_the_configured_default(first_sta
     with pytest.raises(ValueError, match="model.params.sampler"):
         build(first_stage_ckpt, sampler="euler")
     # what a run records: defaults resolved, eta only for DDIM, all T steps for DDPM
-    assert model.sampling_settings() == {"sampler": "ddim", "steps": model.sample_steps, "eta": model.sample_eta,
+    assert model.sampling().record() == {"sampler": "ddim", "steps": model.sample_steps, "eta": model.sample_eta,
                                          "tile": model.sample_tile}
-    assert configured.sampling_settings(steps=7, tile=0) == {"sampler": "dpmpp_2m", "steps": 7, "eta": None,
+    assert configured.sampling(steps=7, tile=0).record() == {"sampler": "dpmpp_2m", "steps": 7, "eta": None,
                                                              "tile": None}
-    assert model.sampling_settings("ddpm")["steps"] == model.schedule.num_timesteps
+    assert model.sampling("ddpm").steps == model.schedule.num_timesteps
 
 
 def test_latent_scale_set_on_the_first_batch_and_kept_through_a_state_dict(first_stage_ckpt):

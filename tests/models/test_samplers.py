@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from ldm.models.diffusion.samplers import SAMPLERS, sample_ddim, sampling_timesteps, seeded_randn
-from ldm.models.diffusion.schedule import DiffusionSchedule
+from ldm.models.diffusion.samplers import SAMPLERS, Sampling, sample_ddim, sampler_function, seeded_randn
+from ldm.models.diffusion.schedule import DiffusionSchedule, uniform_timesteps
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +22,22 @@ def toy_model(x_t, t, cond):
     return torch.tanh(x_t + cond) * (t.float() / 1000.0)[:, None, None, None]
 
 
+def with_timesteps(schedule, options):
+    """A test's {"steps": n, ...} as sampler keywords: the schedule's n timesteps instead of n (all T without)."""
+    options = dict(options)
+    timesteps = schedule.timesteps(options.pop("steps", schedule.num_timesteps))
+    return {**options, "timesteps": timesteps}
+
+
 def test_timesteps_are_uniform_descending_and_start_at_T_minus_1():
-    ts = sampling_timesteps(1000, 50)
+    ts = uniform_timesteps(1000, 50)
     assert len(ts) == 50 and ts[0] == 999 and ts[-1] == 19
     assert all(a - b == 20 for a, b in zip(ts, ts[1:], strict=False))
-    assert sampling_timesteps(1000, 1000) == list(range(999, -1, -1))
+    assert uniform_timesteps(1000, 1000) == list(range(999, -1, -1))
     with pytest.raises(ValueError, match="steps"):
-        sampling_timesteps(1000, 0)
+        uniform_timesteps(1000, 0)
     with pytest.raises(ValueError, match="steps"):
-        sampling_timesteps(1000, 1001)
+        uniform_timesteps(1000, 1001)
 
 
 def test_seeded_noise_is_drawn_on_the_cpu():
@@ -53,9 +60,9 @@ def test_ddim_eta0_with_the_true_eps_follows_the_noising_path_to_x0(schedule, st
     x0 = torch.randn(2, 3, 8, 8, generator=g)
     x_T = torch.randn(2, 3, 8, 8, generator=g)
     path, seen = on_the_noising_path(schedule, x0, x_T), []
-    out = SAMPLERS["ddim"](oracle(schedule, x0), x_T, schedule, callback=seen.append, disable=True, steps=steps,
-                           eta=0.0)
-    timesteps = sampling_timesteps(1000, steps)[1:] + [-1]
+    out = SAMPLERS["ddim"](oracle(schedule, x0), x_T, schedule, callback=seen.append, disable=True,
+                           timesteps=schedule.timesteps(steps), eta=0.0)
+    timesteps = uniform_timesteps(1000, steps)[1:] + [-1]
     for step, t_next in zip(seen, timesteps, strict=True):
         torch.testing.assert_close(step["x"], path(t_next), atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(out, x0, atol=1e-3, rtol=1e-3)
@@ -73,8 +80,8 @@ def test_ancestral_steps_with_the_true_eps_keep_q_xt_given_x0(schedule, sampler,
     x_T = on_the_noising_path(schedule, x0, torch.randn(1, 1, 128, 128, generator=g))(999)
     a, seen = schedule.alphas_cumprod.double(), []
     out = SAMPLERS[sampler](oracle(schedule, x0), x_T, schedule, callback=seen.append, disable=True, generator=g,
-                            **options)
-    for step, t_next in zip(seen[:-1], sampling_timesteps(1000, options["steps"])[1:], strict=True):
+                            **with_timesteps(schedule, options))
+    for step, t_next in zip(seen[:-1], uniform_timesteps(1000, options["steps"])[1:], strict=True):
         z = (step["x"].double() - a[t_next].sqrt() * x0) / (1 - a[t_next]).sqrt()
         assert abs(z.mean().item()) < 0.03 and abs(z.std().item() - 1.0) < 0.03, (t_next, z.mean(), z.std())
     torch.testing.assert_close(out, x0, atol=1e-3, rtol=1e-3)
@@ -85,7 +92,8 @@ def run(sampler, schedule, device, seed, **options):
     x_T = seeded_randn((2, 3, 8, 8), g, torch.device(device))
     cond = seeded_randn((2, 3, 8, 8), g, torch.device(device))
     return SAMPLERS[sampler](
-        toy_model, x_T, schedule.to(device), extra_args={"cond": cond}, disable=True, generator=g, **options
+        toy_model, x_T, schedule.to(device), extra_args={"cond": cond}, disable=True, generator=g,
+        **with_timesteps(schedule, options)
     )
 
 
@@ -109,9 +117,10 @@ def test_fixed_seed_gives_the_same_numbers_on_cuda(schedule):
 def test_callback_sees_every_step(schedule):
     seen = []
     x = torch.zeros(1, 1, 4, 4)
-    sample_ddim(lambda x_t, t: torch.zeros_like(x_t), x, schedule, callback=seen.append, disable=True, steps=5)
+    sample_ddim(lambda x_t, t: torch.zeros_like(x_t), x, schedule, schedule.timesteps(5), callback=seen.append,
+                disable=True)
     assert [s["i"] for s in seen] == [0, 1, 2, 3, 4]
-    assert [s["t"] for s in seen] == sampling_timesteps(1000, 5)
+    assert [s["t"] for s in seen] == uniform_timesteps(1000, 5)
     assert set(seen[0]) == {"x", "i", "t", "pred_x0"}
 
 
@@ -144,7 +153,7 @@ def ddim_output_on_gaussian_data(schedule, mean, std, steps, eta):
     With eta = 1 this is also strided DDPM's (Ho et al.'s posterior is DDIM's eta = 1 step).
     """
     a = schedule.alphas_cumprod.double().tolist()
-    timesteps = sampling_timesteps(schedule.num_timesteps, steps)
+    timesteps = uniform_timesteps(schedule.num_timesteps, steps)
     m, v = 0.0, 1.0
     for i, t in enumerate(timesteps):
         a_t, a_prev = a[t], (a[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0)
@@ -165,7 +174,7 @@ def sample_gaussian_data(schedule, sampler, seed=0, shape=(4, 1, 128, 128), **op
     eps, _ = gaussian_data_model(schedule, MEAN, STD)
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(shape, generator=g, dtype=torch.float64)
-    return SAMPLERS[sampler](eps, x_T, schedule, disable=True, generator=g, **options)
+    return SAMPLERS[sampler](eps, x_T, schedule, disable=True, generator=g, **with_timesteps(schedule, options))
 
 
 @pytest.mark.parametrize(
@@ -192,7 +201,7 @@ def test_samplers_draw_the_distribution_their_update_defines(schedule, sampler, 
 def test_dpmpp_2m_draws_the_distribution_of_the_exact_ode(schedule):
     _, exact = gaussian_data_model(schedule, MEAN, STD)
     out = sample_gaussian_data(schedule, "dpmpp_2m", steps=20)
-    ends = exact(torch.tensor([0.0, 1.0], dtype=torch.float64), sampling_timesteps(1000, 20)[-1])
+    ends = exact(torch.tensor([0.0, 1.0], dtype=torch.float64), uniform_timesteps(1000, 20)[-1])
     mean, std = ends[0].item(), (ends[1] - ends[0]).item()  # the exact map is affine in x_T ~ N(0, 1)
     assert abs(out.mean().item() - mean) < 0.01 and abs(out.std().item() / std - 1) < 0.015
 
@@ -213,8 +222,8 @@ def test_dpmpp_2m_solves_the_ode_in_far_fewer_steps_than_ddim(schedule):
     x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
     def error(sampler, steps, **options):
-        out = SAMPLERS[sampler](eps, x_T, schedule, disable=True, steps=steps, **options)
-        return (out - exact(x_T, sampling_timesteps(1000, steps)[-1])).abs().max().item()
+        out = SAMPLERS[sampler](eps, x_T, schedule, schedule.timesteps(steps), disable=True, **options)
+        return (out - exact(x_T, uniform_timesteps(1000, steps)[-1])).abs().max().item()
 
     # the check of the check: DDIM converges towards the exact map (slowly: the last, small-t
     # steps are long in log-SNR, and first order)
@@ -227,17 +236,35 @@ def test_dpmpp_2m_solves_the_ode_in_far_fewer_steps_than_ddim(schedule):
 def test_dpmpp_2m_one_step_is_ddim_and_it_is_deterministic(schedule):
     g = torch.Generator().manual_seed(0)
     x0, x_T = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
-    out = SAMPLERS["dpmpp_2m"](oracle(schedule, x0), x_T, schedule, disable=True, steps=10)
+    out = SAMPLERS["dpmpp_2m"](oracle(schedule, x0), x_T, schedule, schedule.timesteps(10), disable=True)
     torch.testing.assert_close(out, x0, atol=1e-3, rtol=1e-3)  # the true eps: back to x_0
-    with_gen = SAMPLERS["dpmpp_2m"](toy_model, x_T, schedule, extra_args={"cond": x0}, disable=True, steps=5,
+    five = schedule.timesteps(5)
+    with_gen = SAMPLERS["dpmpp_2m"](toy_model, x_T, schedule, five, extra_args={"cond": x0}, disable=True,
                                     generator=torch.Generator().manual_seed(3))
-    without = SAMPLERS["dpmpp_2m"](toy_model, x_T, schedule, extra_args={"cond": x0}, disable=True, steps=5)
+    without = SAMPLERS["dpmpp_2m"](toy_model, x_T, schedule, five, extra_args={"cond": x0}, disable=True)
     assert torch.equal(with_gen, without)  # no noise is drawn
     # its first step (no earlier estimate to correct with) is DDIM's with eta = 0
     dpm_steps, ddim_steps = [], []
-    SAMPLERS["dpmpp_2m"](toy_model, x_T, schedule, extra_args={"cond": x0}, callback=dpm_steps.append, disable=True,
-                         steps=4)
-    sample_ddim(toy_model, x_T, schedule, extra_args={"cond": x0}, callback=ddim_steps.append, disable=True, steps=4,
+    four = schedule.timesteps(4)
+    SAMPLERS["dpmpp_2m"](toy_model, x_T, schedule, four, extra_args={"cond": x0}, callback=dpm_steps.append,
+                         disable=True)
+    sample_ddim(toy_model, x_T, schedule, four, extra_args={"cond": x0}, callback=ddim_steps.append, disable=True,
                 eta=0.0)
     torch.testing.assert_close(dpm_steps[0]["x"], ddim_steps[0]["x"])
     assert not torch.allclose(dpm_steps[1]["x"], ddim_steps[1]["x"])  # then the second-order correction
+
+
+def test_sampling_resolves_defaults_checks_the_name_and_runs_the_schedules_timesteps(schedule):
+    ddim = Sampling.resolve("ddim", None, None, num_timesteps=1000, default_steps=20, default_eta=0.5)
+    assert ddim.record() == {"sampler": "ddim", "steps": 20, "eta": 0.5, "tile": None}
+    assert Sampling.resolve("ddpm", None, 0.3, num_timesteps=1000, default_steps=20, default_eta=1.0).record() == {
+        "sampler": "ddpm", "steps": 1000, "eta": None, "tile": None}  # eta is DDIM's only
+    assert Sampling.resolve("dpmpp_2m", 7, None, num_timesteps=1000, default_steps=20, default_eta=1.0).eta is None
+    with pytest.raises(ValueError, match="--sampler: expected one of ddim, ddpm, dpmpp_2m, got 'euler'"):
+        sampler_function("euler", "--sampler")
+    with pytest.raises(ValueError, match="sampler"):
+        Sampling.resolve("euler", 10, None, num_timesteps=1000, default_steps=20, default_eta=1.0)
+    seen = []
+    Sampling("ddim", 4, 0.0).run(lambda x_t, t: torch.zeros_like(x_t), torch.zeros(1, 1, 2, 2), schedule,
+                                 callback=seen.append, disable=True)
+    assert [s["t"] for s in seen] == schedule.timesteps(4) == [999, 749, 499, 249]

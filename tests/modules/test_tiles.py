@@ -84,7 +84,7 @@ def test_the_ldm_denoises_a_large_latent_in_tiles_and_a_small_one_whole():
     parts = model.super_resolve(lr, (64, 64), steps=2, seed=0, tile=8)
     assert max(max(s) for s in seen) <= 8 and len(seen) > 2
     assert parts.shape == whole.shape and torch.isfinite(parts).all()
-    assert model.sampling_settings(tile=8)["tile"] == 8 and model.sampling_settings(tile=0)["tile"] is None
+    assert model.sampling(tile=8).tile == 8 and model.sampling(tile=0).tile is None
 
 
 def test_the_first_stage_encodes_and_decodes_a_large_slice_in_tiles():

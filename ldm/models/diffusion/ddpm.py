@@ -21,7 +21,7 @@ from torch import nn
 from ldm import metrics
 from ldm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
 from ldm.models.base import EMAMixin, check_out_size, init_from_checkpoint, model_input_size
-from ldm.models.diffusion.samplers import SAMPLERS, seeded_randn
+from ldm.models.diffusion.samplers import Sampling, sampler_function, seeded_randn
 from ldm.models.diffusion.schedule import DiffusionSchedule
 from ldm.modules.resample import check_upsample_mode, upsample
 from ldm.modules.tiles import tiled
@@ -124,8 +124,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         if parameterization not in ("eps", "v"):
             raise ValueError(f"parameterization: expected 'eps' or 'v', got '{parameterization}'")
         check_upsample_mode(cond_upsample, "cond_upsample")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"model.params.sampler: expected one of {sorted(SAMPLERS)}, got '{sampler}'")
+        sampler_function(sampler, "model.params.sampler")
         self.parameterization = parameterization
         self.scale_by_std = scale_by_std
         self.cond_upsample = cond_upsample
@@ -328,28 +327,21 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
 
     # -- sampling -----------------------------------------------------------------------------
 
-    def sampling_settings(
+    def sampling(
         self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
         tile: int | None = None,
-    ) -> dict[str, Any]:
-        """What super_resolve samples with for these arguments (None: the model's defaults):
-        {"sampler", "steps", "eta", "tile"}; eta is None for the samplers it does not apply to
-        (DDIM's only), steps is T for DDPM without steps, tile is None when latents are denoised
-        whole (tile=0 asks for that). eval_sr.py and sr.py record exactly this."""
-        sampler = sampler or self.sampler
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got '{sampler}'")
+    ) -> Sampling:
+        """What super_resolve samples with for these arguments, None meaning the model's defaults
+        (sampler, sample_steps, sample_eta, sample_tile); tile=0 denoises latents whole. eval_sr.py
+        and sr.py record exactly this (Sampling.record)."""
         tile = self.sample_tile if tile is None else tile
         if tile is not None and tile < 0:
             raise ValueError(f"tile: expected >= 0 latent pixels (0: no tiles), got {tile}")
         multiple = self.unet.downsample_factor
         if tile:  # a tile is a whole number of the UNet's coarsest cells
             tile = max(multiple, tile // multiple * multiple)
-        settings = {"sampler": sampler, "tile": tile or None}
-        if sampler == "ddpm":
-            return {**settings, "steps": steps or self.schedule.num_timesteps, "eta": None}
-        return {**settings, "steps": steps or self.sample_steps,
-                "eta": (self.sample_eta if eta is None else eta) if sampler == "ddim" else None}
+        return Sampling.resolve(sampler or self.sampler, steps, eta, num_timesteps=self.schedule.num_timesteps,
+                                default_steps=self.sample_steps, default_eta=self.sample_eta, tile=tile or None)
 
     @torch.no_grad()
     def super_resolve(
@@ -381,7 +373,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         Uses the EMA weights when the model keeps an EMA.
         """
         out_hw = check_out_size(lr, out_size)
-        settings = self.sampling_settings(sampler, steps, eta, tile)
+        sampling = self.sampling(sampler, steps, eta, tile)
         if n_samples < 1:
             raise ValueError(f"n_samples: expected >= 1, got {n_samples}")
         b, k = lr.shape[0], n_samples
@@ -392,17 +384,13 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
                 raise ValueError(f"seed: expected one seed per image ({b}), got {len(seed)}")
             generator = [torch.Generator().manual_seed(int(s)) for s in seed]
         in_hw = model_input_size(tuple(lr.shape[-2:]), out_hw, self.max_input_scale, self.input_multiple)
-        tile = settings["tile"] or 0  # the UNet's tile bounds the first stage's too (0: all whole)
+        tile = sampling.tile or 0  # the UNet's tile bounds the first stage's too (0: all whole)
         cond = self.condition(lr, in_hw, tile).repeat_interleave(k, dim=0)  # (B K, C, h', w'), each image's K adjacent
         x_T = seeded_randn((b * k, self.unet.out_channels, *cond.shape[-2:]), generator, lr.device)
-        options: dict[str, Any] = {"steps": settings["steps"], "generator": generator}
-        if settings["eta"] is not None:
-            options["eta"] = settings["eta"]
         with self.ema_scope():
-            denoiser = tiled(self.predict_eps, settings["tile"], self.sample_tile_overlap, self.unet.downsample_factor)
-            x0 = SAMPLERS[settings["sampler"]](
-                denoiser, x_T, self.schedule, extra_args={"cond": cond}, disable=not progress, **options
-            )
+            denoiser = tiled(self.predict_eps, sampling.tile, self.sample_tile_overlap, self.unet.downsample_factor)
+            x0 = sampling.run(denoiser, x_T, self.schedule, extra_args={"cond": cond}, generator=generator,
+                              disable=not progress)
         z0 = self.from_diffusion(x0, cond)
         z0 = z0.reshape(b, k, *z0.shape[1:])  # (B, K, C, h', w')
         # one decode per sample index bounds the decoder's memory at large out_size

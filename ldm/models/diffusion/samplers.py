@@ -1,12 +1,17 @@
 """Samplers over an eps-predicting model, in the style of k-diffusion's sampling.py.
 
-Every sampler is `(model, x, schedule, extra_args=None, callback=None, disable=None, **options)`:
+Every sampler is `(model, x, schedule, timesteps, extra_args=None, callback=None, disable=None, **options)`:
   model(x_t, t, **extra_args) -> eps   x_t (B, ...), t (B,) long timesteps; a v-model is wrapped
                                        by its caller so samplers stay parameterisation-free
   x                                    the starting noise x_T (B, ...)
   schedule                             a DiffusionSchedule
+  timesteps                            the descending timesteps to visit, made by the schedule
+                                       (schedule.timesteps(steps)): the discretisation is passed
+                                       in, so another spacing is a new function there, not an
+                                       edit of every sampler
   callback({"x", "i", "t", "pred_x0"}) after every step; disable: turn the tqdm bar off.
-Returns the sample x_0.
+Returns the sample x_0. `Sampling` resolves a sampler's name, steps and eta once (defaults, the
+name check, what is recorded) and runs it.
 
 Seeding: the per-step noise is drawn on the CPU from `generator` (a CPU torch.Generator) and
 then moved to x's device (asynchronously on CUDA), so a fixed seed gives the same numbers on CPU
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -26,18 +32,6 @@ from ldm.models.diffusion.schedule import DiffusionSchedule
 
 Model = Callable[..., torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
-
-
-def sampling_timesteps(num_timesteps: int, steps: int) -> list[int]:
-    """`steps` timesteps, descending, with LDM's "uniform" stride T // steps.
-
-    Anchored at T - 1 so the first step sees the noise level x_T was drawn at (LDM's +1 offset
-    starts at T - stride + 1 and cannot run steps = T).
-    """
-    if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"steps: expected 1 <= steps <= {num_timesteps}, got {steps}")
-    stride = num_timesteps // steps
-    return [num_timesteps - 1 - i * stride for i in range(steps)]
 
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -76,12 +70,12 @@ def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _steps(
-    schedule: DiffusionSchedule, steps: int, disable: bool | None
+    schedule: DiffusionSchedule, timesteps: Sequence[int], disable: bool | None
 ) -> Iterator[tuple[int, int, float, float]]:
     """(i, t, a_t, a_prev) along the sampling timesteps; a_prev = 1 after the last one (clean)."""
     # one host copy up front: the per-step coefficients are then plain float64 scalars
     alphas = schedule.alphas_cumprod.detach().double().cpu().tolist()
-    timesteps = sampling_timesteps(schedule.num_timesteps, steps)
+    timesteps = [int(t) for t in timesteps]
     for i, t in enumerate(tqdm(timesteps, disable=disable, leave=False)):
         a_prev = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0
         yield i, t, alphas[t], a_prev
@@ -101,16 +95,16 @@ def sample_ddim(
     model: Model,
     x: torch.Tensor,
     schedule: DiffusionSchedule,
+    timesteps: Sequence[int],
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
-    steps: int = 50,
     eta: float = 1.0,
     generator: Generators = None,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021), eta = 0 deterministic, eta = 1 the DDPM posterior variance."""
     extra_args = extra_args or {}
-    for i, t, a_t, a_prev in _steps(schedule, steps, disable):
+    for i, t, a_t, a_prev in _steps(schedule, timesteps, disable):
         eps, pred_x0 = _eps_and_x0(model, x, t, a_t, extra_args)
         sigma = eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
         x = math.sqrt(a_prev) * pred_x0 + math.sqrt(max(1.0 - a_prev - sigma**2, 0.0)) * eps
@@ -126,15 +120,15 @@ def sample_ddpm(
     model: Model,
     x: torch.Tensor,
     schedule: DiffusionSchedule,
+    timesteps: Sequence[int],
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
-    steps: int | None = None,
     generator: Generators = None,
 ) -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020) from the posterior q(x_prev | x_t, x_0), all T steps or strided."""
     extra_args = extra_args or {}
-    for i, t, a_t, a_prev in _steps(schedule, steps or schedule.num_timesteps, disable):
+    for i, t, a_t, a_prev in _steps(schedule, timesteps, disable):
         eps, pred_x0 = _eps_and_x0(model, x, t, a_t, extra_args)
         # a strided chain is a DDPM whose betas are 1 - a_t / a_prev (Nichol & Dhariwal's respacing)
         beta = 1.0 - a_t / a_prev
@@ -151,10 +145,10 @@ def sample_dpmpp_2m(
     model: Model,
     x: torch.Tensor,
     schedule: DiffusionSchedule,
+    timesteps: Sequence[int],
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
-    steps: int = 20,
     generator: Generators = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022): the probability-flow ODE, second order from the last two
@@ -169,7 +163,7 @@ def sample_dpmpp_2m(
     """
     extra_args = extra_args or {}
     d_prev, h_prev = None, None
-    for i, t, a_t, a_prev in _steps(schedule, steps, disable):
+    for i, t, a_t, a_prev in _steps(schedule, timesteps, disable):
         _, d = _eps_and_x0(model, x, t, a_t, extra_args)
         if a_prev >= 1.0:  # the clean end: lambda is infinite, the step is the estimate itself
             x = d
@@ -187,3 +181,52 @@ def sample_dpmpp_2m(
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddim": sample_ddim, "ddpm": sample_ddpm, "dpmpp_2m": sample_dpmpp_2m,
 }
+
+
+def sampler_function(name: str, key: str = "sampler") -> Callable[..., torch.Tensor]:
+    """The sampler called `name`, or a ValueError naming `key`: the one check of sampler names."""
+    if name not in SAMPLERS:
+        raise ValueError(f"{key}: expected one of {', '.join(sorted(SAMPLERS))}, got '{name}'")
+    return SAMPLERS[name]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A sampler with its options resolved: what super_resolve runs and what eval_sr.py and sr.py
+    record. steps: how many timesteps (DDPM without steps: all T); eta: DDIM's, None for the
+    samplers it does not apply to; tile: the latent tile in pixels, None when latents are
+    denoised whole."""
+
+    sampler: str
+    steps: int
+    eta: float | None
+    tile: int | None = None
+
+    @classmethod
+    def resolve(
+        cls, sampler: str, steps: int | None, eta: float | None, *, num_timesteps: int, default_steps: int,
+        default_eta: float, tile: int | None = None,
+    ) -> Sampling:
+        """Fill the defaults: steps default_steps (DDPM: num_timesteps), eta default_eta for DDIM."""
+        sampler_function(sampler)
+        if sampler == "ddpm":
+            return cls(sampler, steps or num_timesteps, None, tile)
+        ddim_eta = default_eta if eta is None else eta
+        return cls(sampler, steps or default_steps, ddim_eta if sampler == "ddim" else None, tile)
+
+    def record(self) -> dict[str, Any]:
+        """{"sampler", "steps", "eta", "tile"}: what a run's JSON records."""
+        return asdict(self)
+
+    def run(
+        self, model: Model, x: torch.Tensor, schedule: DiffusionSchedule, extra_args: dict[str, Any] | None = None,
+        generator: Generators = None, disable: bool | None = None, callback: Callback | None = None,
+    ) -> torch.Tensor:
+        """The sampler over schedule.timesteps(steps) from x_T = x (tiles are the caller's: `model`)."""
+        options: dict[str, Any] = {"generator": generator}
+        if self.eta is not None:
+            options["eta"] = self.eta
+        return sampler_function(self.sampler)(
+            model, x, schedule, schedule.timesteps(self.steps), extra_args=extra_args, callback=callback,
+            disable=disable, **options,
+        )

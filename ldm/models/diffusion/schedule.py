@@ -38,6 +38,18 @@ def make_beta_schedule(
     raise ValueError(f"beta_schedule: expected one of {BETA_SCHEDULES}, got '{schedule}'")
 
 
+def uniform_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """`steps` timesteps, descending, with LDM's "uniform" stride T // steps.
+
+    Anchored at T - 1 so the first step sees the noise level x_T was drawn at (LDM's +1 offset
+    starts at T - stride + 1 and cannot run steps = T).
+    """
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps: expected 1 <= steps <= {num_timesteps}, got {steps}")
+    stride = num_timesteps // steps
+    return [num_timesteps - 1 - i * stride for i in range(steps)]
+
+
 def _at(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """values[t] as (B, 1, ..., 1) on x's device, to broadcast against x (B, ...).
 
@@ -80,6 +92,10 @@ class DiffusionSchedule(nn.Module):
     @property
     def num_timesteps(self) -> int:
         return self.betas.shape[0]
+
+    def timesteps(self, steps: int) -> list[int]:
+        """The samplers' discretisation: `steps` descending timesteps (uniform_timesteps)."""
+        return uniform_timesteps(self.num_timesteps, steps)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps."""

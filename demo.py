@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent
 LIIF_CFG = "configs/baselines/liif-demo.yaml"
 FIRST_STAGE_CFG = "configs/first-stage/ct-demo.yaml"
 LDM_CFG = "configs/latent-diffusion/ct-demo.yaml"
-ALIGN_CFG = "configs/latent-diffusion/ct-demo-align.yaml"  # an overlay on LDM_CFG
+ALIGN_CFG = "configs/latent-diffusion/ct-demo-align.yaml"  # inherits LDM_CFG
 TEST_PATIENT = "chest_lung2"
 
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 [f"model.params.first_stage_config.params.ckpt_path={ckpt}", *args.overrides], args)
 
     banner("6/8 stage 3: alignment through the fixed decoder")
-    aligned = train("demo-ldm-align", [LDM_CFG, ALIGN_CFG],
+    aligned = train("demo-ldm-align", [ALIGN_CFG],
                     [f"model.params.ckpt_path={ldm / 'checkpoints' / 'last.ckpt'}", *args.overrides], args)
 
     banner(f"7/8 evaluation on {TEST_PATIENT}: LR {args.lr_size} px at x{', x'.join(f'{s:g}' for s in args.scales)}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ldm.config import load_config as load_config_file
 from ldm.util import ConfigError, file_sha256, run_record, write_json_atomic, write_text_atomic
 
 
@@ -111,10 +112,10 @@ def load_config(base: list[str], dotlist: list[str]) -> DictConfig:
     for name in base:
         if not Path(name).is_file():
             fail(f"--base: config file {name} not found")
-        try:
-            configs.append(OmegaConf.load(name))
-        except (OmegaConfBaseException, ValueError, OSError) as err:
-            fail(f"{name}: not a valid YAML config ({str(err).splitlines()[0]})")
+        try:  # with the files it inherits and the stage-1 configs it names (ldm.config)
+            configs.append(load_config_file(name))
+        except ConfigError as err:
+            fail(str(err))
     bad = [item for item in dotlist if "=" not in item]
     if bad:
         fail(f"unrecognised argument '{bad[0]}' (overrides are key.path=value)")

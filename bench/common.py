@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,10 +262,11 @@ def build_random_model(config_path: str | Path, device: torch.device, keep_ema: 
     Without keep_ema the EMA copy is dropped, as load_experiment does: sampling then runs
     on the live weights without the per-call swap that ema_scope() would add to every timing.
     """
+    from ldm.config import load_config
     from ldm.experiment import build_model
 
     path = Path(config_path)
-    model = build_model(OmegaConf.load(path), path)
+    model = build_model(load_config(path), path)
     if not keep_ema and getattr(model, "ema", None) is not None:
         model.ema = None
     fill_zero_initialised(model)

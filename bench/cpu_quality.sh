@@ -23,7 +23,7 @@ export TRAIN_FLAGS=${TRAIN_FLAGS:-"--precision 32"}  # CPU, fp32 (an empty value
 export CONFIG_S1=${CONFIG_S1:-configs/first-stage/ct-demo.yaml}
 export CONFIG_LIIF=${CONFIG_LIIF:-configs/baselines/liif-demo.yaml}
 export CONFIG_S2=${CONFIG_S2:-configs/latent-diffusion/ct-demo.yaml}
-export CONFIG_S3=${CONFIG_S3:-"configs/latent-diffusion/ct-demo.yaml configs/latent-diffusion/ct-demo-align.yaml"}
+export CONFIG_S3=${CONFIG_S3:-configs/latent-diffusion/ct-demo-align.yaml}
 # the time guards: a budget is the step count; these only stop a much slower machine
 export LIIF_TIME=${LIIF_TIME:-00:00:07:00} STAGE1_TIME=${STAGE1_TIME:-00:00:20:00}
 export STAGE2_TIME=${STAGE2_TIME:-00:00:20:00} STAGE3_TIME=${STAGE3_TIME:-00:00:12:00}

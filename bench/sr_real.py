@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, argv_of, build_random_model, card_name, format_table, uncommitted_changes, write_json  # noqa: E402
+from ldm.config import load_config  # noqa: E402
 from ldm.util import run_record  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def random_run(config: str, folder: Path) -> Path:
     logdir = folder / f"random_{Path(config).stem}"
     (logdir / "configs").mkdir(parents=True)
     (logdir / "checkpoints").mkdir()
-    OmegaConf.save(OmegaConf.load(config), logdir / "configs" / "random-project.yaml")
+    OmegaConf.save(load_config(config), logdir / "configs" / "random-project.yaml")
     torch.save({"state_dict": model.state_dict(), "global_step": 0}, logdir / "checkpoints" / "last.ckpt")
     return logdir
 

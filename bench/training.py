@@ -51,6 +51,7 @@ from bench.common import (  # noqa: E402
     random_images,
     write_json,
 )
+from ldm.config import load_config  # noqa: E402
 from ldm.data.degradation import degrade, resize  # noqa: E402
 
 # stage -> (GPU config, tiny config)
@@ -146,8 +147,8 @@ def bench_stage(args: argparse.Namespace, stage: str, peak: float | None,
     config = args.config or STAGES[stage][1 if args.tiny else 0]
     torch.manual_seed(0)
     model = build_random_model(config, device, keep_ema=True).train()
-    model.learning_rate = float(OmegaConf.load(config).model.get("base_learning_rate", 1e-4))
-    data = OmegaConf.to_container(OmegaConf.load(config).data.params, resolve=True)
+    model.learning_rate = float(load_config(config).model.get("base_learning_rate", 1e-4))
+    data = OmegaConf.to_container(load_config(config).data.params, resolve=True)
     batch_size = args.batch or int(data.get("batch_size", 1))
     batch = make_batch(data, batch_size, device)
     optimizer, scheduler = optimizers(model.configure_optimizers())

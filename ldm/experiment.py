@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
@@ -229,7 +230,7 @@ def load_experiment(
     ckpt_path = checkpoint_path(logdir, ckpt)
     try:
         config = OmegaConf.load(config_path)
-    except (OmegaConfBaseException, ValueError, OSError) as err:
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError, OSError) as err:
         raise ConfigError(f"{config_path}: not a valid YAML config ({str(err).splitlines()[0]})") from err
     if not isinstance(config, DictConfig):
         raise ConfigError(f"{config_path}: expected a mapping with model: and data: sections")

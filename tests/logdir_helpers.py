@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from ldm.config import load_config
 from ldm.data.degradation import upsample
 from ldm.data.intensity import write_png16_hu
 from ldm.experiment import build_model
@@ -159,7 +160,7 @@ TINY_CONFIGS = {
 
 def tiny_model_config(kind: str) -> dict:
     """The model section of the project's tiny config for a kind (untrained weights are enough here)."""
-    config = OmegaConf.load(TINY_CONFIGS[kind])
+    config = load_config(TINY_CONFIGS[kind])
     return OmegaConf.to_container(config.model, resolve=True)
 
 

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from ldm.checkpoint import CheckpointMismatchError, load_checkpoint
+from ldm.config import load_config
 from ldm.data.batches import SRBatches
 from ldm.models.autoencoder import ImplicitAutoencoder
 from ldm.models.diffusion.ddpm import FIRST_STAGE_CKPT_KEY, alignment_loss, alignment_weights
@@ -18,7 +19,7 @@ CONFIGS = Path(__file__).parents[2] / "configs" / "latent-diffusion"
 
 
 def model_node(name="ct-tiny.yaml"):
-    return OmegaConf.to_container(OmegaConf.load(CONFIGS / name).model, resolve=True)
+    return OmegaConf.to_container(load_config(CONFIGS / name).model, resolve=True)
 
 
 def first_stage_params(node):
@@ -35,10 +36,12 @@ def first_stage_params(node):
         ("ct256-f4.yaml", "ct256-f4.yaml"),
         ("ct256-f4-align.yaml", "ct256-f4.yaml"),
         ("ct-demo.yaml", "ct-demo.yaml"),
+        ("ct-demo-align.yaml", "ct-demo.yaml"),
     ],
 )
-def test_ldm_configs_carry_their_first_stage_params_verbatim(ldm_config, first_stage_config):
-    """The CT port's stage-2 config disagreed with its stage 1 and could not load it."""
+def test_ldm_configs_get_their_first_stage_params_from_the_stage1_config(ldm_config, first_stage_config):
+    """The CT port's stage-2 config disagreed with its stage 1 and could not load it; here the
+    LDM configs name their stage-1 config (model_of) and the stage-3 ones inherit stage 2."""
     stage1 = OmegaConf.load(CONFIGS.parent / "first-stage" / first_stage_config).model
     node = model_node(ldm_config)
     assert node["params"]["first_stage_config"]["target"] == stage1.target

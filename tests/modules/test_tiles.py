@@ -60,10 +60,11 @@ def test_the_ldm_denoises_a_large_latent_in_tiles_and_a_small_one_whole():
 
     from omegaconf import OmegaConf
 
+    from ldm.config import load_config
     from ldm.util import instantiate_from_config
 
-    node = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "configs" / "latent-diffusion" /
-                                                 "ct-tiny.yaml").model, resolve=True)
+    node = OmegaConf.to_container(load_config(Path(__file__).parents[2] / "configs" / "latent-diffusion" /
+                                              "ct-tiny.yaml").model, resolve=True)
     node["params"]["first_stage_config"]["params"]["ckpt_path"] = None
     node["params"]["sample_tile_overlap"] = 4
     torch.manual_seed(0)

@@ -66,7 +66,7 @@ def real_size_slice(run_dir: Path, data: Path, device: str, args: argparse.Names
     from bench.sr_real import run_sr
     from ldm.data.degradation import upsample
     from ldm.data.intensity import read_slice
-    from ldm.evaluation.figures import real_size_figure
+    from ldm.evaluation.report import real_size_figure
 
     slices = sorted((REPO / data / "CT").rglob(f"{TEST_PATIENT}*.png"))
     if not slices:

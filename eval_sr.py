@@ -27,13 +27,17 @@ import torch
 from ldm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
 from ldm.compile import compile_parts, hot_parts
 from ldm.data.slices import SplitListError
-from ldm.evaluation.images import image_writer
-from ldm.evaluation.methods import BicubicBaseline, Method, Rewindowed, baselines
-from ldm.evaluation.protocol import Protocol, scale_name
-from ldm.evaluation.report import format_table, plot_vs_scale, scale_document, summary_document, write_csv, write_json
-from ldm.evaluation.runner import evaluate
-from ldm.evaluation.scoring import WINDOWS
-from ldm.evaluation.slices import SliceSet, SliceSetError, scan, slice_paths
+from ldm.evaluation.protocol import Protocol, SliceSet, SliceSetError, scale_name, scan, slice_paths
+from ldm.evaluation.report import (
+    format_table,
+    image_writer,
+    plot_vs_scale,
+    scale_document,
+    summary_document,
+    write_csv,
+    write_json,
+)
+from ldm.evaluation.runner import WINDOWS, BicubicBaseline, Method, Rewindowed, baselines, evaluate
 from ldm.experiment import Experiment, ExperimentError, load_experiment
 from ldm.models.consistency import BackProjected
 from ldm.run_options import add_model_run_options, check_model_run_options

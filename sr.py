@@ -35,8 +35,8 @@ from ldm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
 from ldm.compile import compile_parts, hot_parts
 from ldm.data.intensity import from_model_range
 from ldm.data.volumes import hu_to_int16, resampled, write_nifti
-from ldm.evaluation.images import write_sr, write_std
 from ldm.evaluation.protocol import image_seed
+from ldm.evaluation.report import write_sr, write_std
 from ldm.experiment import Experiment, ExperimentError, load_experiment
 from ldm.inference import InputSlice, InputVolume, find_inputs, output_size, read_input, super_resolve_slices
 from ldm.models.base import SuperResolver

@@ -1,14 +1,13 @@
-"""eval_sr.py and ldm/evaluation: the protocol, its determinism, its outputs and its refusals."""
+"""eval_sr.py: the protocol end to end, its determinism, its outputs and its refusals (the pieces of
+ldm/evaluation are tested in tests/evaluation/)."""
 
 import csv
 import json
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
-import torch
 from logdir_helpers import (
     HERE,
     ROOT,
@@ -20,12 +19,8 @@ from logdir_helpers import (
 )
 from PIL import Image
 
-from ldm.data.degradation import upsample
-from ldm.data.intensity import FULL_WINDOW, LUNG_WINDOW, hu_window, read_slice, write_png8
-from ldm.evaluation.methods import BicubicBaseline, LanczosBaseline, Rewindowed
-from ldm.evaluation.protocol import Protocol, image_seed, scale_name
-from ldm.evaluation.scoring import rewindow
-from ldm.evaluation.slices import SliceSetError, scan, slice_paths
+from ldm.data.intensity import read_slice, write_png8
+from ldm.evaluation.protocol import SliceSetError, scan, slice_paths
 
 eval_sr = load_script("eval_sr")
 
@@ -61,73 +56,6 @@ def fake_run(ct_splits, tmp_path):
 @pytest.fixture
 def fake_ldm(ct_splits, tmp_path):
     return make_logdir(tmp_path / "logs", fake_model_config("ldm"), data_config(ct_splits.root), name="sampler")
-
-
-# ---- the protocol, piece by piece --------------------------------------------------------------
-
-
-def test_gt_size_rounds_the_scaled_lr_size():
-    protocol = Protocol(lr_size=16, scale_ratios=(2, 2.5, 3.7, 4))
-    assert [protocol.out_size(s) for s in protocol.scale_ratios] == [(32, 32), (40, 40), (59, 59), (64, 64)]
-    assert [scale_name(s) for s in protocol.scale_ratios] == ["x2", "x2.5", "x3.7", "x4"]
-
-
-def test_image_seed_is_a_stable_hash_of_seed_and_path():
-    assert image_seed(23, "chest/a.png") == zlib.crc32(b"23:chest/a.png")
-    assert image_seed(23, "chest/a.png") != image_seed(24, "chest/a.png") != image_seed(23, "chest/b.png")
-
-
-def test_pairs_are_seeded_per_image():
-    protocol = Protocol(lr_size=16, scale_ratios=(4,), degradation="ct", noise_hu=20.0)
-    x = torch.rand(1, 1, 64, 64) * 2 - 1
-    gt, lr = protocol.pair(x, 4, seed=1)
-    gt2, lr2 = protocol.pair(x, 4, seed=1)
-    _, lr3 = protocol.pair(x, 4, seed=2)
-    assert gt.shape == (1, 1, 64, 64) and lr.shape == (1, 1, 16, 16)
-    assert torch.equal(lr, lr2) and not torch.equal(lr, lr3) and torch.equal(gt, gt2)
-    assert torch.equal(protocol.lr_of(gt), protocol.lr_of(gt))  # no generator: the noise-free degradation
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(lr_size=0, scale_ratios=(2,)), "--lr_size"),
-    (dict(lr_size=16, scale_ratios=(1.0,)), "--scale_ratio: every scale must be > 1"),
-    (dict(lr_size=16, scale_ratios=(2, 2)), "repeated scale"),
-    (dict(lr_size=16, scale_ratios=(2,), degradation="jpeg"), "--degradation"),
-])
-def test_protocol_refuses_bad_values(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        Protocol(**kwargs)
-
-
-def test_lanczos_works_in_float_not_8_bit():
-    lr = torch.full((2, 1, 8, 8), 0.123456)
-    sr = LanczosBaseline().super_resolve(lr, (19, 21))
-    assert sr.shape == (2, 1, 19, 21) and sr.dtype == torch.float32
-    assert torch.allclose(sr, lr[:, :, :1, :1].expand_as(sr), atol=1e-6)  # 8-bit would round to k/255
-    smooth = upsample(torch.rand(1, 1, 4, 4), 16, mode="bilinear")
-    assert (LanczosBaseline().super_resolve(smooth, (32, 32)) - BicubicBaseline().super_resolve(smooth, (32, 32))
-            ).abs().max() < 0.05
-
-
-def test_rewindow_by_hand():
-    x = torch.from_numpy(hu_window(np.array([-300.0, -1000.0, 400.0, 1000.0]), FULL_WINDOW))
-    assert rewindow(x, FULL_WINDOW, LUNG_WINDOW).tolist() == pytest.approx([0.5, 0.0, 1.0, 1.0], abs=1e-6)
-
-
-def test_a_run_with_another_window_sees_its_own_range():
-    seen = {}
-
-    class Identity:
-        kind = "liif"
-
-        def super_resolve(self, lr, out_size, **sampling):
-            seen["lr"] = lr
-            return upsample(lr, out_size)
-
-    lr = torch.from_numpy(hu_window(np.full((1, 1, 4, 4), -300.0), FULL_WINDOW))
-    sr = Rewindowed(Identity(), LUNG_WINDOW, FULL_WINDOW).super_resolve(lr, (8, 8))
-    assert torch.allclose(seen["lr"], torch.zeros_like(seen["lr"]), atol=1e-6)  # -300 HU is the lung window's middle
-    assert torch.allclose(sr, lr[:, :, :1, :1].expand_as(sr), atol=1e-6)
 
 
 # ---- the CLI on stand-in runs ------------------------------------------------------------------

@@ -25,7 +25,6 @@ import skimage
 import torch
 
 from ldm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
-from ldm.compile import compile_parts, hot_parts
 from ldm.data.slices import SplitListError
 from ldm.evaluation.protocol import Protocol, SliceSet, SliceSetError, scale_name, scan, slice_paths
 from ldm.evaluation.report import (
@@ -37,10 +36,9 @@ from ldm.evaluation.report import (
     write_csv,
     write_json,
 )
-from ldm.evaluation.runner import WINDOWS, BicubicBaseline, Method, Rewindowed, baselines, evaluate
-from ldm.experiment import Experiment, ExperimentError, load_experiment
-from ldm.models.consistency import BackProjected
-from ldm.run_options import add_model_run_options, check_model_run_options
+from ldm.evaluation.runner import WINDOWS, BicubicBaseline, Method, baselines, evaluate
+from ldm.experiment import Experiment, ExperimentError
+from ldm.pipeline import BackProjected, Pipeline, add_model_run_options, build, check_model_run_options, load_run
 from ldm.util import ConfigError
 
 # Bad input answers with one line and exit code 2; anything else is a bug and keeps its traceback.
@@ -185,12 +183,6 @@ def make_out_dir(args: argparse.Namespace, default: Path) -> Path:
     return out
 
 
-def effective_sampling(args: argparse.Namespace, run: Experiment, n_samples: int) -> dict[str, Any]:
-    """What an LDM row samples with (LatentDiffusionSR.sampling: the requested sampler, steps, eta
-    and tile, else its config's), and its sample count."""
-    return {**run.model.sampling(args.sampler, args.steps, args.eta, args.tile).record(), "n_samples": n_samples}
-
-
 def build_methods(args: argparse.Namespace, exp: Experiment, others: list[Experiment], data_kind: str,
                   degradation: str) -> list[Method]:
     """Baselines, then the --compare runs, then the evaluated run (the last row of each table).
@@ -203,7 +195,8 @@ def build_methods(args: argparse.Namespace, exp: Experiment, others: list[Experi
     if args.back_projection:
         # the classical baseline for a projected model: what the projection alone makes of bicubic
         projected = BackProjected(BicubicBaseline(), degradation, args.back_projection)
-        methods.append(Method("bicubic+bp", projected, "bicubic", info={"back_projection": projected.describe()}))
+        methods.append(Method("bicubic+bp", Pipeline(projected), "bicubic",
+                              info={"back_projection": projected.describe()}))
     used = {m.name for m in methods}
     for run in [*others, exp]:
         name, n = run.name, 1
@@ -221,32 +214,24 @@ def run_methods(args: argparse.Namespace, run: Experiment, name: str, exp: Exper
     and `name (mean of K)`. The mean of K posterior samples is a regression-like estimate that
     scores higher than any one sample (up to 10 log10(2K/(K+1)) dB for an ideal sampler), so both
     are shown and named for what they score."""
-    resolver = run.model
-    if args.compile:
-        compile_parts(hot_parts(run.model))
-    if data_kind == "hu" and run.hu_window != exp.hu_window:
-        resolver = Rewindowed(run.model, run.hu_window, exp.hu_window)
+    pipeline = build(args, run, degradation, exp.hu_window if data_kind == "hu" else None)
     info = run.describe()
-    if args.back_projection:
-        resolver = BackProjected(resolver, degradation, args.back_projection)
-        info["back_projection"] = resolver.describe()
-    if run.kind != "ldm":
-        return [Method(name, resolver, run.kind, device=args.device, info=info, precision=args.precision)]
-    sampling = {k: getattr(args, k) for k in ("sampler", "steps", "eta", "tile") if getattr(args, k) is not None}
+    if pipeline.back_projection is not None:
+        info["back_projection"] = pipeline.back_projection
+    if not pipeline.sampled:
+        return [Method(name, pipeline, run.kind, info=info)]
     counts = [1] if args.n_samples == 1 else [1, args.n_samples]
     rows = []
     for k in counts:
         label = name if args.n_samples == 1 else (f"{name} (1 sample)" if k == 1 else f"{name} (mean of {k})")
-        rows.append(Method(label, resolver, run.kind, {**sampling, "n_samples": k}, seeded=True,
-                           device=args.device, info={**info, "sampling": effective_sampling(args, run, k)},
-                           precision=args.precision))
+        rows.append(Method(label, pipeline, run.kind, k, info={**info, "sampling": pipeline.record(k)}))
     return rows
 
 
 def metadata(args: argparse.Namespace, argv: list[str], exp: Experiment, protocol: Protocol,
              slices: SliceSet, source: dict[str, Any], methods: list[Method]) -> dict[str, Any]:
     hu = slices.data_kind == "hu"
-    sampling = effective_sampling(args, exp, args.n_samples) if exp.kind == "ldm" else {}
+    sampling = methods[-1].pipeline.record(args.n_samples)  # the evaluated run's (the last row)
     return {
         "kind": exp.kind,
         "lr_size": protocol.lr_size,
@@ -285,8 +270,7 @@ def metadata(args: argparse.Namespace, argv: list[str], exp: Experiment, protoco
 def setup(args: argparse.Namespace) -> tuple[Experiment, list[Experiment], Protocol, SliceSet, dict[str, Any]]:
     """Everything that can fail on bad input, before any output exists."""
     check_args(args)
-    load = dict(use_ema=not args.no_ema, trust_checkpoint=args.trust_checkpoint, device=args.device)
-    exp = load_experiment(args.exp, args.ckpt, **load)
+    exp = load_run(args, args.exp, args.ckpt)
     params = exp.data_params
     protocol = Protocol(
         lr_size=args.lr_size,
@@ -297,7 +281,7 @@ def setup(args: argparse.Namespace) -> tuple[Experiment, list[Experiment], Proto
         seed=args.seed,
     )
     slices, source = select_slices(args, exp)
-    others = [load_experiment(path, None, **load) for path in args.compare]
+    others = [load_run(args, path) for path in args.compare]
     return exp, others, protocol, slices, source
 
 

@@ -32,17 +32,14 @@ import torch
 from tqdm import tqdm
 
 from ldm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
-from ldm.compile import compile_parts, hot_parts
 from ldm.data.intensity import from_model_range
 from ldm.data.volumes import hu_to_int16, resampled, write_nifti
 from ldm.evaluation.protocol import image_seed
 from ldm.evaluation.report import write_sr, write_std
-from ldm.experiment import Experiment, ExperimentError, load_experiment
-from ldm.inference import InputSlice, InputVolume, find_inputs, output_size, read_input, super_resolve_slices
-from ldm.models.base import SuperResolver
-from ldm.models.consistency import BackProjected
-from ldm.run_options import add_model_run_options, check_model_run_options
-from ldm.util import ConfigError, first_line, is_out_of_memory, run_record, write_json_atomic
+from ldm.experiment import Experiment, ExperimentError
+from ldm.inference import InputSlice, InputVolume, find_inputs, lr_batch, output_size, read_input
+from ldm.pipeline import Pipeline, Result, add_model_run_options, build, check_model_run_options, load_run
+from ldm.util import ConfigError, first_line, run_record, write_json_atomic
 
 VOLUME_FORMATS = ("nifti", "png")
 NIFTI_SUFFIX = ".nii.gz"
@@ -94,52 +91,17 @@ def check_args(args: argparse.Namespace) -> None:
     check_model_run_options(args)
 
 
-def sampling_record(args: argparse.Namespace, exp: Experiment) -> dict[str, object]:
-    """What an LDM samples with, defaults resolved (for sr_run.json); {} for deterministic models."""
-    if exp.kind != "ldm":
-        return {}
-    return {**exp.model.sampling(args.sampler, args.steps, args.eta, args.tile).record(), "n_samples": args.n_samples}
-
-
-def sampling_of(args: argparse.Namespace, exp: Experiment) -> dict[str, object]:
-    """super_resolve keywords: sampling options for an LDM; deterministic models take none."""
-    if exp.kind != "ldm":
-        return {}
-    sampling: dict[str, object] = {k: getattr(args, k) for k in ("sampler", "steps", "eta", "tile")
-                                   if getattr(args, k) is not None}
-    sampling["n_samples"] = args.n_samples
-    return sampling
-
-
-Result = tuple[torch.Tensor, torch.Tensor | None]  # per slice: SR mean, std of the samples (model units)
 SliceRunner = Callable[[list[InputSlice], tuple[int, int], list[str]], list[Result | None]]
 
 
-def slice_runner(model: SuperResolver, exp: Experiment, sampling: dict[str, object],
-                 args: argparse.Namespace) -> SliceRunner:
-    """run(items, size, failed): slices of one shape and kind in one forward pass -> per slice its
-    Result, or None where it failed (a line added to failed). Each slice keeps its own seed, so a
-    batch that runs out of memory is redone one slice at a time with the same output."""
+def slice_runner(pipeline: Pipeline, exp: Experiment, args: argparse.Namespace) -> SliceRunner:
+    """run(items, size, failed): slices of one shape and kind in one forward pass, each with the
+    seed of its name -> per slice its Result, or None where it failed (a line added to failed)."""
 
     def run(items: list[InputSlice], size: tuple[int, int], failed: list[str]) -> list[Result | None]:
-        names = items[0].name if len(items) == 1 else f"{items[0].name} .. {items[-1].name} ({len(items)} slices)"
-        seeded = {**sampling, "seed": [image_seed(args.seed, item.name) for item in items]} \
-            if exp.kind == "ldm" else sampling
-        try:
-            return super_resolve_slices(model, items, exp.hu_window, size, seeded, args.device, args.precision)
-        except ValueError as err:  # e.g. an output size the model refuses: these slices fail, the rest go on
-            failed.append(f"{names}: {first_line(err)}")
-        except RuntimeError as err:
-            if not is_out_of_memory(err):
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if len(items) > 1:
-                print(f"note: out of memory for {names}; retrying them one at a time", file=sys.stderr)
-                return [result for item in items for result in run([item], size, failed)]
-            failed.append(f"{names}: out of memory ({first_line(err)}); lower --tile (LDM latent tiles), "
-                          f"--n_samples or the output size, or run on a device with more memory")
-        return [None] * len(items)
+        seeds = [image_seed(args.seed, item.name) for item in items]
+        return pipeline.super_resolve_each(lr_batch(items, exp.hu_window), size, seeds,
+                                           [item.name for item in items], args.n_samples, failed)
 
     return run
 
@@ -171,25 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_args(args)
         inputs = find_inputs(args.input)
-        exp = load_experiment(args.exp, args.ckpt, use_ema=not args.no_ema,
-                              trust_checkpoint=args.trust_checkpoint, device=args.device)
+        exp = load_run(args, args.exp, args.ckpt)
     except SETUP_ERRORS as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    sampling = sampling_of(args, exp)
-    model: SuperResolver = exp.model
-    if args.compile:
-        compile_parts(hot_parts(exp.model))
-    back_projection = None
-    if args.back_projection:
-        model = BackProjected(exp.model, str(exp.data_params.get("degradation", "bicubic")), args.back_projection)
-        back_projection = model.describe()
-    if args.n_samples > 1 and exp.kind != "ldm":
+    pipeline = build(args, exp, str(exp.data_params.get("degradation", "bicubic")))
+    if args.n_samples > 1 and not pipeline.sampled:
         print(f"note: {exp.kind} runs are deterministic; --n_samples ignored")
     print(f"kind: {exp.kind} ({exp.logdir}), {len(inputs)} input(s) -> {out}")
 
-    run = slice_runner(model, exp, sampling, args)
+    run = slice_runner(pipeline, exp, args)
     written, volumes, failed, claimed = 0, [], [], {}
     batch: list[tuple[InputSlice, Path, tuple[int, int]]] = []  # slice files waiting for one forward pass
 
@@ -233,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             written += count if done else 0
             return
         target = claim(out / f"{item.name}{NIFTI_SUFFIX}", path)
-        sampled = exp.kind == "ldm" and args.n_samples > 1  # deterministic runs have no std to write
+        sampled = pipeline.sampled and args.n_samples > 1  # deterministic runs have no std to write
         std_target = claim(out / f"{item.name}_std{NIFTI_SUFFIX}", path) if sampled else None
         mean = np.empty((count, *size), dtype=np.int16)  # int16 HU: what is written, half of float32 in memory
         std = np.zeros((count, *size), dtype=np.float32) if std_target is not None else None
@@ -276,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {written} slice(s)" + (f" ({len(volumes)} volume(s))" if volumes else "") + f" to {out}")
     if written:
         write_json_atomic(out / "sr_run.json", run_record(
-            "sr.py", argv, seed=args.seed, sampling=sampling_record(args, exp), precision=args.precision,
-            compile=args.compile, back_projection=back_projection, batch_size=args.batch_size, **exp.describe(),
+            "sr.py", argv, seed=args.seed, sampling=pipeline.record(args.n_samples), precision=args.precision,
+            compile=args.compile, back_projection=pipeline.back_projection, batch_size=args.batch_size,
+            **exp.describe(),
             format=args.format, written=written, volumes=volumes, failed=failed))
     if failed:
         print(f"failed ({len(failed)}):", file=sys.stderr)

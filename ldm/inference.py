@@ -1,4 +1,4 @@
-"""Super-resolving one's own slices (sr.py): find inputs, read them as LR slices, run a loaded run.
+"""Super-resolving one's own slices (sr.py): find inputs and read them as LR slices (ldm.pipeline runs them).
 
 Inputs are PNG slices (16-bit HU+1024 or 8-bit), single DICOM slices (HU through
 RescaleSlope/Intercept) and volumes (NIfTI, Analyze, NRRD, .inv3, a folder's DICOM series), read by
@@ -20,8 +20,6 @@ import torch
 from ldm.data.convert import VOLUME_SUFFIXES, slice_name, volume_stem
 from ldm.data.intensity import SLICE_SUFFIXES, Window, read_slice, to_model_range
 from ldm.data.volumes import Volume, is_dicom_file, load_volume, suffix_of
-from ldm.models.base import SuperResolver
-from ldm.precision import autocast
 
 
 class InputError(ValueError):
@@ -102,30 +100,10 @@ def output_size(shape: tuple[int, int], scale: float | None, out_size: tuple[int
     return (round(shape[0] * scale), round(shape[1] * scale))
 
 
-@torch.no_grad()
-def super_resolve_slices(
-    model: SuperResolver,
-    items: Sequence[InputSlice],
-    hu_window: Window,
-    out_size: tuple[int, int],
-    sampling: dict[str, object],
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Slices of one shape and kind, in one batch -> per slice (SR mean (H, W), per-pixel std of
-    the samples (H, W) or None), both in model units on the CPU.
-
-    sampling may hold "seed" as one seed per slice (the LDM then draws each slice's noise from its
-    own seed, so a result does not depend on the batch). precision: "fp32" or "bf16".
-    """
+def lr_batch(items: Sequence[InputSlice], hu_window: Window) -> torch.Tensor:
+    """Slices of one shape and kind -> the LR batch (B, 1, h, w) in the model's [-1, 1] of hu_window."""
     if not items:
-        raise ValueError("super_resolve_slices: an empty batch")
+        raise ValueError("lr_batch: an empty batch")
     if len({(item.values.shape, item.kind) for item in items}) != 1:
-        raise ValueError("super_resolve_slices: a batch needs slices of one shape and kind")
-    values = np.stack([to_model_range(item.values, item.kind, hu_window) for item in items])
-    lr = torch.from_numpy(values)[:, None].to(device)  # (B, 1, h, w)
-    with autocast(device, precision):
-        samples = model.super_resolve(lr, out_size, **sampling)
-    samples = samples.detach().float().cpu()  # (B, K, H, W)
-    stds = samples.std(dim=1, correction=0) if samples.shape[1] > 1 else [None] * len(items)
-    return list(zip(samples.mean(dim=1), stds, strict=True))
+        raise ValueError("lr_batch: a batch needs slices of one shape and kind")
+    return torch.from_numpy(np.stack([to_model_range(item.values, item.kind, hu_window) for item in items]))[:, None]

@@ -6,6 +6,7 @@ from logdir_helpers import data_config, fake_model_config, load_script, make_log
 from PIL import Image
 
 from ldm.data.intensity import read_slice, write_png8, write_png16_hu
+from ldm.pipeline import Pipeline
 
 sr = load_script("sr")
 
@@ -197,13 +198,13 @@ def test_samples_of_a_volume_give_a_std_volume_beside_the_mean(capsys, ldm_dir, 
 
 def test_a_volume_shows_one_progress_bar_and_runs_its_slices_in_batches(capsys, run_dir, fixtures_dir, tmp_path,
                                                                          monkeypatch):
-    real, batches = sr.super_resolve_slices, []
+    real, batches = Pipeline.super_resolve, []
 
     def counting(model, items, *args, **kwargs):
         batches.append(len(items))
         return real(model, items, *args, **kwargs)
 
-    monkeypatch.setattr(sr, "super_resolve_slices", counting)
+    monkeypatch.setattr(Pipeline, "super_resolve", counting)
     rc, _, err = run(capsys, "--exp", run_dir, "--input", fixtures_dir / "volumes" / "lung1_64x64x3.nrrd",
                      "--scale", 2, "--batch_size", 2, "--out", tmp_path / "out")
     assert rc == 0 and batches == [2, 1]
@@ -336,14 +337,14 @@ def test_a_batch_that_runs_out_of_memory_is_retried_one_slice_at_a_time(capsys, 
         write_png16_hu(folder / f"s{i}.png", phantom_hu(16, seed=i))
     common = ["--exp", ldm_dir, "--input", folder, "--scale", 2, "--steps", 2]
     assert run(capsys, *common, "--out", tmp_path / "one")[0] == 0
-    real = sr.super_resolve_slices
+    real = Pipeline.super_resolve
 
     def small_gpu(model, items, *args, **kwargs):
         if len(items) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, items, *args, **kwargs)
 
-    monkeypatch.setattr(sr, "super_resolve_slices", small_gpu)
+    monkeypatch.setattr(Pipeline, "super_resolve", small_gpu)
     rc, _, err = run(capsys, *common, "--batch_size", 3, "--out", tmp_path / "three")
     assert rc == 0 and "retrying them one at a time" in err
     for name in ("s0.png", "s1.png", "s2.png"):
@@ -358,7 +359,7 @@ def test_a_slice_that_does_not_fit_says_what_to_change(capsys, ldm_dir, tmp_path
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
 
-    monkeypatch.setattr(sr, "super_resolve_slices", no_memory)
+    monkeypatch.setattr(Pipeline, "super_resolve", no_memory)
     rc, _, err = run(capsys, "--exp", ldm_dir, "--input", tmp_path / "in", "--scale", 2, "--out", tmp_path / "out")
     failure = [line for line in err.splitlines() if "big" in line]
     assert rc == 1 and len(failure) == 1 and "out of memory" in failure[0] and "--tile" in failure[0]

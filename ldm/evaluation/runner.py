@@ -1,8 +1,9 @@
 """The evaluation loop: every method on the same GT/LR pairs, every slice, every scale, scored per image.
 
-Methods: the super-resolvers an evaluation compares, behind one call (LR batch -> (B, K, H, W) on
-the CPU). Baselines are super-resolvers too (bicubic through the same float resampling the data
-pipeline uses, Lanczos through PIL on float32 images), so every method sees the same LR tensors.
+Methods: the super-resolvers an evaluation compares, each run through ldm.pipeline behind one call
+(LR batch -> (B, K, H, W) on the CPU). Baselines are super-resolvers too (bicubic through the same
+float resampling the data pipeline uses, Lanczos through PIL on float32 images), so every method
+sees the same LR tensors.
 
 Scores: PSNR, SSIM and MAE on [0, 1] of the model's HU window (ldm.metrics), MAE in HU (x window
 width) for HU data, and LR consistency (the protocol's degradation, without noise, applied to the
@@ -25,8 +26,8 @@ from ldm.data.degradation import upsample
 from ldm.data.intensity import LUNG_WINDOW, SOFT_TISSUE_WINDOW, Window, hu_window, unit_to_hu
 from ldm.evaluation.protocol import Protocol, SliceRef, SliceSet, image_seed, load
 from ldm.metrics import lr_consistency, mae, psnr, ssim, unit_to_01
-from ldm.models.base import SuperResolver, check_out_size
-from ldm.precision import autocast
+from ldm.models.base import check_out_size
+from ldm.pipeline import Pipeline
 
 # ---- the methods -------------------------------------------------------------------------------
 
@@ -54,65 +55,36 @@ class LanczosBaseline:
         return torch.from_numpy(np.stack(out))[:, None].to(lr.device)
 
 
-class Rewindowed:
-    """A model trained with another HU window, run on the evaluation's LR and scored in its window.
-
-    LR goes through HU into the model's window and SR comes back the same way, so a run
-    trained on [-1000, 400] and one trained on the full range are compared on the same pairs.
-    """
-
-    def __init__(self, model: SuperResolver, model_window: Window, eval_window: Window) -> None:
-        self.model = model
-        self.kind = model.kind
-        self.model_window = model_window
-        self.eval_window = eval_window
-
-    def super_resolve(self, lr: torch.Tensor, out_size: tuple[int, int], **sampling: object) -> torch.Tensor:
-        lr_hu = unit_to_hu(lr.detach().float().cpu().numpy(), self.eval_window)
-        lr_model = torch.from_numpy(hu_window(lr_hu, self.model_window)).to(lr.device)
-        sr = self.model.super_resolve(lr_model, out_size, **sampling)
-        sr_hu = unit_to_hu(sr.detach().float().cpu().numpy(), self.model_window)
-        return torch.from_numpy(hu_window(sr_hu, self.eval_window)).to(lr.device)
-
-
 @dataclass
 class Method:
-    """One column of the comparison.
+    """One column of the comparison: a pipeline (ldm.pipeline) and how many samples it draws per image.
 
-    sampling: keyword arguments of super_resolve (steps, eta, n_samples for an LDM).
-    seeded: pass each image's seed (stochastic samplers), so a result does not depend on the batch.
+    n_samples: K samples of a sampling model (an LDM), scored by their mean; deterministic ones give one.
     info: provenance written to metrics.json (kind, log dir, checkpoint sha256 ...).
-    precision: "fp32" or "bf16" for the trained models; the interpolation baselines stay fp32.
     """
 
     name: str
-    resolver: SuperResolver
+    pipeline: Pipeline
     kind: str
-    sampling: dict[str, Any] = field(default_factory=dict)
-    seeded: bool = False
-    device: str | torch.device = "cpu"
+    n_samples: int = 1
     info: dict[str, Any] = field(default_factory=dict)
-    precision: str = "fp32"  # ldm.precision: bf16 runs the model under autocast
 
-    @torch.no_grad()
     def __call__(self, lr: torch.Tensor, out_size: tuple[int, int], seeds: Sequence[int]) -> torch.Tensor:
-        """LR (B, 1, h, w) -> SR samples (B, K, H, W), float32 on the CPU."""
-        kwargs = dict(self.sampling)
-        if self.seeded:
-            kwargs["seed"] = [int(s) for s in seeds]
-        with autocast(self.device, self.precision):
-            sr = self.resolver.super_resolve(lr.to(self.device), out_size, **kwargs)
+        """LR (B, 1, h, w) -> SR samples (B, K, H, W), float32 on the CPU; a sampling model draws
+        each image's noise from its seed, so a result does not depend on the batch."""
+        sr = self.pipeline.super_resolve(lr, out_size, seeds, self.n_samples)
         expected = (lr.shape[0], *out_size)
         if sr.ndim != 4 or (sr.shape[0], *sr.shape[-2:]) != expected:
             raise RuntimeError(
                 f"{self.name}: super_resolve returned shape {tuple(sr.shape)}, expected (B, K, H, W) = "
                 f"({expected[0]}, K, {expected[1]}, {expected[2]})"
             )
-        return sr.detach().float().cpu()
+        return sr
 
 
 def baselines() -> list[Method]:
-    return [Method("bicubic", BicubicBaseline(), "bicubic"), Method("lanczos", LanczosBaseline(), "lanczos")]
+    return [Method("bicubic", Pipeline(BicubicBaseline()), "bicubic"),
+            Method("lanczos", Pipeline(LanczosBaseline()), "lanczos")]
 
 
 # ---- scoring one batch -------------------------------------------------------------------------

@@ -91,40 +91,119 @@ def check_args(args: argparse.Namespace) -> None:
     check_model_run_options(args)
 
 
-SliceRunner = Callable[[list[InputSlice], tuple[int, int], list[str]], list[Result | None]]
-
-
-def slice_runner(pipeline: Pipeline, exp: Experiment, args: argparse.Namespace) -> SliceRunner:
-    """run(items, size, failed): slices of one shape and kind in one forward pass, each with the
-    seed of its name -> per slice its Result, or None where it failed (a line added to failed)."""
-
-    def run(items: list[InputSlice], size: tuple[int, int], failed: list[str]) -> list[Result | None]:
-        seeds = [image_seed(args.seed, item.name) for item in items]
-        return pipeline.super_resolve_each(lr_batch(items, exp.hu_window), size, seeds,
-                                           [item.name for item in items], args.n_samples, failed)
-
-    return run
-
-
 def std_in_hu(std: torch.Tensor, hu_window: tuple[float, float]) -> np.ndarray:
     """A sample std in model units ([-1, 1] over the window) -> HU: the window's half-width per unit."""
     return std.numpy().astype(np.float32) * np.float32((hu_window[1] - hu_window[0]) / 2.0)
 
 
-def super_resolve_volume(run: SliceRunner, item: InputVolume, size: tuple[int, int], args: argparse.Namespace,
-                         failed: list[str], sink: Callable[[int, InputSlice, Result], None]) -> bool:
-    """A volume's slices in order, in batches of --batch_size under one progress bar, each handed to
-    sink(index, slice, result); False as soon as a slice failed (its line in failed)."""
-    slices = item.slices()
-    with tqdm(total=len(slices), unit="slice", desc=item.name, disable=args.no_progress) as bar:
-        for start in range(0, len(slices), args.batch_size):
-            batch = slices[start:start + args.batch_size]
-            for index, (one, result) in enumerate(zip(batch, run(batch, size, failed), strict=True), start):
-                if result is None:
-                    return False
-                sink(index, one, result)
-            bar.update(len(batch))
-    return True
+class Writer:
+    """What sr.py makes of its inputs under --out: slice files gathered into forward passes of one
+    size and kind, a volume's slices in order into one NIfTI volume (or PNGs).
+
+    Each output is claimed once: never over its input, never the output of two inputs. `written`
+    counts the slices written, `volumes` the volume files, `failed` holds a line per failure.
+    """
+
+    def __init__(self, out: Path, exp: Experiment, pipeline: Pipeline, args: argparse.Namespace) -> None:
+        self.out, self.exp, self.pipeline, self.args = out, exp, pipeline, args
+        self.written, self.volumes, self.failed = 0, [], []
+        self.claimed: dict[Path, Path] = {}
+        self.batch: list[tuple[InputSlice, Path, tuple[int, int]]] = []  # slice files waiting for one forward pass
+
+    def run(self, items: list[InputSlice], size: tuple[int, int], failed: list[str]) -> list[Result | None]:
+        """Slices of one shape and kind in one forward pass, each with the seed of its name -> per
+        slice its Result, or None where it failed (a line added to failed)."""
+        seeds = [image_seed(self.args.seed, item.name) for item in items]
+        return self.pipeline.super_resolve_each(lr_batch(items, self.exp.hu_window), size, seeds,
+                                                [item.name for item in items], self.args.n_samples, failed)
+
+    def claim(self, target: Path, path: Path) -> Path:
+        if target.exists() and target.resolve() == path.resolve():
+            raise ValueError(f"{path}: its output would overwrite the input (choose another --out)")
+        if target in self.claimed:
+            raise ValueError(f"{path}: output {target.name} is also the output of {self.claimed[target]}")
+        self.claimed[target] = path
+        return target
+
+    def add_slice(self, path: Path, item: InputSlice) -> None:
+        """A slice file joins the waiting batch, run when it is full (--batch_size)."""
+        target = self.claim(self.out / f"{item.name}.png", path)
+        size = output_size(item.values.shape, self.args.scale, self.args.out_size)
+        first = self.batch[0] if self.batch else None
+        if first and (item.values.shape, item.kind, size) != (first[0].values.shape, first[0].kind, first[2]):
+            self.flush()  # a batch holds slices of one size and kind
+        self.batch.append((item, target, size))
+        if len(self.batch) == self.args.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Run the waiting slice files and write their PNGs (and std maps)."""
+        pending = list(self.batch)
+        self.batch.clear()
+        if not pending:
+            return
+        results = self.run([item for item, _, _ in pending], pending[0][2], self.failed)
+        for (item, target, _), result in zip(pending, results, strict=True):
+            if result is not None:
+                write_sr(target, result[0], item.kind, self.exp.hu_window)
+                if result[1] is not None:
+                    write_std(self.out / f"{item.name}_std.png", result[1], item.kind, self.exp.hu_window)
+                self.written += 1
+
+    def volume_slices(self, item: InputVolume, size: tuple[int, int], failed: list[str],
+                      sink: Callable[[int, InputSlice, Result], None]) -> bool:
+        """A volume's slices in order, in batches of --batch_size under one progress bar, each handed to
+        sink(index, slice, result); False as soon as a slice failed (its line in failed)."""
+        slices, step = item.slices(), self.args.batch_size
+        with tqdm(total=len(slices), unit="slice", desc=item.name, disable=self.args.no_progress) as bar:
+            for start in range(0, len(slices), step):
+                batch = slices[start:start + step]
+                for index, (one, result) in enumerate(zip(batch, self.run(batch, size, failed), strict=True), start):
+                    if result is None:
+                        return False
+                    sink(index, one, result)
+                bar.update(len(batch))
+        return True
+
+    def volume(self, path: Path, item: InputVolume) -> None:
+        """One volume in, one NIfTI volume (and its std) out, or its slices as PNGs (--format png)."""
+        out, window = self.out, self.exp.hu_window
+        size = output_size(item.volume.hu.shape[1:], self.args.scale, self.args.out_size)
+        count, lines = len(item.volume.hu), []
+        if self.args.format == "png":
+            targets = [self.claim(out / f"{one.name}.png", path) for one in item.slices()]
+
+            def write_png(index: int, one: InputSlice, result: Result) -> None:
+                write_sr(targets[index], result[0], "hu", window)
+                if result[1] is not None:
+                    write_std(out / f"{one.name}_std.png", result[1], "hu", window)
+
+            done = self.volume_slices(item, size, lines, write_png)
+            self.failed.extend(f"{path}: {line}" for line in lines)
+            self.written += count if done else 0
+            return
+        target = self.claim(out / f"{item.name}{NIFTI_SUFFIX}", path)
+        sampled = self.pipeline.sampled and self.args.n_samples > 1  # deterministic runs have no std to write
+        std_target = self.claim(out / f"{item.name}_std{NIFTI_SUFFIX}", path) if sampled else None
+        mean = np.empty((count, *size), dtype=np.int16)  # int16 HU: what is written, half of float32 in memory
+        std = np.zeros((count, *size), dtype=np.float32) if std_target is not None else None
+
+        def collect(index: int, one: InputSlice, result: Result) -> None:
+            mean[index] = hu_to_int16(from_model_range(result[0].numpy(), "hu", window))
+            if std is not None and result[1] is not None:
+                std[index] = std_in_hu(result[1], window)
+
+        done = self.volume_slices(item, size, lines, collect)
+        self.failed.extend(f"{path}: {line}" for line in lines)
+        if not done:
+            return  # nothing of a failed volume is written
+        if item.volume.assumed:
+            print(f"note: {path}: {item.volume.assumed}", file=sys.stderr)
+        write_nifti(target, resampled(item.volume, mean))
+        if std_target is not None:
+            write_nifti(std_target, resampled(item.volume, std), np.float32)
+        self.written += count
+        self.volumes.append(target.relative_to(out).as_posix())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,97 +222,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {exp.kind} runs are deterministic; --n_samples ignored")
     print(f"kind: {exp.kind} ({exp.logdir}), {len(inputs)} input(s) -> {out}")
 
-    run = slice_runner(pipeline, exp, args)
-    written, volumes, failed, claimed = 0, [], [], {}
-    batch: list[tuple[InputSlice, Path, tuple[int, int]]] = []  # slice files waiting for one forward pass
-
-    def claim(target: Path, path: Path) -> Path:
-        if target.exists() and target.resolve() == path.resolve():
-            raise ValueError(f"{path}: its output would overwrite the input (choose another --out)")
-        if target in claimed:
-            raise ValueError(f"{path}: output {target.name} is also the output of {claimed[target]}")
-        claimed[target] = path
-        return target
-
-    def flush() -> None:
-        nonlocal written
-        pending = list(batch)
-        batch.clear()
-        if not pending:
-            return
-        for (item, target, _), result in zip(pending, run([i for i, _, _ in pending], pending[0][2], failed),
-                                             strict=True):
-            if result is not None:
-                write_sr(target, result[0], item.kind, exp.hu_window)
-                if result[1] is not None:
-                    write_std(out / f"{item.name}_std.png", result[1], item.kind, exp.hu_window)
-                written += 1
-
-    def volume(path: Path, item: InputVolume) -> None:
-        """One volume in, one NIfTI volume (and its std) out, or its slices as PNGs (--format png)."""
-        nonlocal written
-        size = output_size(item.volume.hu.shape[1:], args.scale, args.out_size)
-        count, lines = len(item.volume.hu), []
-        if args.format == "png":
-            targets = [claim(out / f"{one.name}.png", path) for one in item.slices()]
-
-            def write_png(index: int, one: InputSlice, result: Result) -> None:
-                write_sr(targets[index], result[0], "hu", exp.hu_window)
-                if result[1] is not None:
-                    write_std(out / f"{one.name}_std.png", result[1], "hu", exp.hu_window)
-
-            done = super_resolve_volume(run, item, size, args, lines, write_png)
-            failed.extend(f"{path}: {line}" for line in lines)
-            written += count if done else 0
-            return
-        target = claim(out / f"{item.name}{NIFTI_SUFFIX}", path)
-        sampled = pipeline.sampled and args.n_samples > 1  # deterministic runs have no std to write
-        std_target = claim(out / f"{item.name}_std{NIFTI_SUFFIX}", path) if sampled else None
-        mean = np.empty((count, *size), dtype=np.int16)  # int16 HU: what is written, half of float32 in memory
-        std = np.zeros((count, *size), dtype=np.float32) if std_target is not None else None
-
-        def collect(index: int, one: InputSlice, result: Result) -> None:
-            mean[index] = hu_to_int16(from_model_range(result[0].numpy(), "hu", exp.hu_window))
-            if std is not None and result[1] is not None:
-                std[index] = std_in_hu(result[1], exp.hu_window)
-
-        done = super_resolve_volume(run, item, size, args, lines, collect)
-        failed.extend(f"{path}: {line}" for line in lines)
-        if not done:
-            return  # nothing of a failed volume is written
-        if item.volume.assumed:
-            print(f"note: {path}: {item.volume.assumed}", file=sys.stderr)
-        write_nifti(target, resampled(item.volume, mean))
-        if std_target is not None:
-            write_nifti(std_target, resampled(item.volume, std), np.float32)
-        written += count
-        volumes.append(target.relative_to(out).as_posix())
-
+    writer = Writer(out, exp, pipeline, args)
     for path, stem in tqdm(inputs, unit="file", desc="sr", disable=args.no_progress or len(inputs) == 1):
         try:
             item = read_input(path, stem)
             if isinstance(item, InputVolume):
-                volume(path, item)
-                continue
-            target = claim(out / f"{item.name}.png", path)
-            size = output_size(item.values.shape, args.scale, args.out_size)
-            if batch and (item.values.shape, item.kind, size) != (batch[0][0].values.shape, batch[0][0].kind,
-                                                                   batch[0][2]):
-                flush()  # a batch holds slices of one size and kind
-            batch.append((item, target, size))
-            if len(batch) == args.batch_size:
-                flush()
+                writer.volume(path, item)
+            else:
+                writer.add_slice(path, item)
         except ValueError as err:  # SliceReadError, VolumeError and the checks above: report, go on
-            failed.append(first_line(err))
-    flush()
-
+            writer.failed.append(first_line(err))
+    writer.flush()
+    written, volumes, failed = writer.written, writer.volumes, writer.failed
     print(f"wrote {written} slice(s)" + (f" ({len(volumes)} volume(s))" if volumes else "") + f" to {out}")
     if written:
         write_json_atomic(out / "sr_run.json", run_record(
             "sr.py", argv, seed=args.seed, sampling=pipeline.record(args.n_samples), precision=args.precision,
             compile=args.compile, back_projection=pipeline.back_projection, batch_size=args.batch_size,
-            **exp.describe(),
-            format=args.format, written=written, volumes=volumes, failed=failed))
+            **exp.describe(), format=args.format, written=written, volumes=volumes, failed=failed))
     if failed:
         print(f"failed ({len(failed)}):", file=sys.stderr)
         for line in failed:

@@ -32,13 +32,19 @@ import torch
 from tqdm import tqdm
 
 from ldm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
-from ldm.data.intensity import from_model_range
+from ldm.data.intensity import from_model_range, write_sr, write_std
 from ldm.data.volumes import hu_to_int16, resampled, write_nifti
-from ldm.evaluation.protocol import image_seed
-from ldm.evaluation.report import write_sr, write_std
 from ldm.experiment import Experiment, ExperimentError
 from ldm.inference import InputSlice, InputVolume, find_inputs, lr_batch, output_size, read_input
-from ldm.pipeline import Pipeline, Result, add_model_run_options, build, check_model_run_options, load_run
+from ldm.pipeline import (
+    Pipeline,
+    Result,
+    add_model_run_options,
+    build,
+    check_model_run_options,
+    image_seed,
+    load_run,
+)
 from ldm.util import ConfigError, first_line, run_record, write_json_atomic
 
 VOLUME_FORMATS = ("nifti", "png")

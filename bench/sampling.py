@@ -106,7 +106,8 @@ def real_pairs(args: argparse.Namespace, hu_window: tuple[float, float], degrada
                lr_size: int, out_size: int, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """n (GT, LR) pairs from the listed slices, made as eval_sr.py makes them (per-image seeds);
     slices repeat cyclically when the list is shorter than n. Returns lr, gt, distinct slices."""
-    from ldm.evaluation.protocol import Protocol, image_seed, load, scan, slice_paths
+    from ldm.evaluation.protocol import Protocol, load, scan, slice_paths
+    from ldm.pipeline import image_seed
 
     protocol = Protocol(lr_size, (out_size / lr_size,), degradation, noise_hu, hu_window)
     refs = scan(slice_paths(args.data_root, args.list), args.data_root, lr_size).slices

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldm.data.convert import VOLUME_SUFFIXES, slice_name, volume_stem
 from ldm.data.intensity import SLICE_SUFFIXES, Window, read_slice, to_model_range
-from ldm.data.volumes import Volume, is_dicom_file, load_volume, suffix_of
+from ldm.data.volumes import VOLUME_SUFFIXES, Volume, is_dicom_file, load_volume, slice_name, suffix_of, volume_stem
 
 
 class InputError(ValueError):

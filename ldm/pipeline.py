@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,6 +129,15 @@ class BackProjected:
 
     def describe(self) -> dict[str, object]:
         return {"iterations": self.iterations, "degradation": self.degradation}
+
+
+def image_seed(seed: int, name: str) -> int:
+    """A stable 32-bit seed per image (crc32 of the run seed and the slice's relative path): the
+    seed of its sampling noise in eval_sr.py and sr.py, and of its LR noise in the evaluation.
+
+    Python's hash() is salted per process, so it would not reproduce across runs.
+    """
+    return zlib.crc32(f"{seed}:{name}".encode())
 
 
 # ---- build -------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """ldm/pipeline.py: a run re-windowed or back-projected (any super-resolver's samples made consistent
 with their LR)."""
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from ldm.data.degradation import degrade, upsample
 from ldm.data.intensity import FULL_WINDOW, LUNG_WINDOW, hu_window
 from ldm.models.base import check_out_size
 from ldm.models.diffusion.samplers import Sampling
-from ldm.pipeline import BackProjected, Pipeline, Rewindowed
+from ldm.pipeline import BackProjected, Pipeline, Rewindowed, image_seed
 
 
 class Blurry:
@@ -107,3 +109,8 @@ def test_a_slice_that_fails_is_one_line_and_the_batch_returns_none():
     pipeline = Pipeline(Seeded(), sampling=Sampling("ddim", 2, 1.0))
     results = pipeline.super_resolve_each(torch.zeros(2, 1, 8, 8), (0, 16), [1, 2], ["a", "b"], 1, failed)
     assert results == [None, None] and failed == ["a .. b (2 slices): out_size: must be positive, got (0, 16)"]
+
+
+def test_image_seed_is_a_stable_hash_of_seed_and_path():
+    assert image_seed(23, "chest/a.png") == zlib.crc32(b"23:chest/a.png")
+    assert image_seed(23, "chest/a.png") != image_seed(24, "chest/a.png") != image_seed(23, "chest/b.png")

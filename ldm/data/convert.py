@@ -26,20 +26,17 @@ import numpy as np
 
 from ldm.data.intensity import Window, window_to_png8, write_png8, write_png16_hu
 from ldm.data.volumes import (
-    DICOM_SUFFIXES,
-    INV3_SUFFIXES,
-    NIBABEL_SUFFIXES,
-    NRRD_SUFFIXES,
+    KNOWN_SUFFIXES,
+    VOLUME_SUFFIXES,
     VolumeError,
     is_dicom_file,
     read_volume,
+    slice_name,
     suffix_of,
+    volume_stem,
 )
 
 DEFAULT_SERIES = "s01"
-KNOWN_SUFFIXES = (*NIBABEL_SUFFIXES, *NRRD_SUFFIXES, *INV3_SUFFIXES, *DICOM_SUFFIXES)
-# an .img is the data half of an .hdr pair and is read through its header
-VOLUME_SUFFIXES = tuple(s for s in KNOWN_SUFFIXES if s not in (".img", *DICOM_SUFFIXES))
 # a volume whose darkest voxel is above this has no air in it: probably not HU
 AIR_CHECK_HU = -500.0
 
@@ -55,17 +52,6 @@ def token(text: str) -> str:
 
 def series_token(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).replace("_slice_", "_").strip("-_")
-
-
-def slice_name(stem: str, index: int, count: int) -> str:
-    """`<stem>_slice_<NNN>.png`, 1-based, zero-padded to 3 digits (more for longer volumes)."""
-    return f"{stem}_slice_{index + 1:0{max(3, len(str(count)))}d}.png"
-
-
-def volume_stem(path: Path) -> str:
-    """File name without its volume suffix (.nii.gz whole); a DICOM folder's name as it is."""
-    suffix = suffix_of(path)
-    return path.name[: -len(suffix)] if suffix in KNOWN_SUFFIXES else path.name
 
 
 def volume_names(path: Path, prefix: str, patient: str | None = None) -> str:

@@ -130,6 +130,27 @@ def write_png8(path: str | os.PathLike[str], values: np.ndarray) -> None:
         Image.fromarray(arr).save(tmp, format="PNG")
 
 
+def write_sr(path: str | os.PathLike[str], sr: np.ndarray, data_kind: str, hu_window: Window) -> None:
+    """An (H, W) SR in [-1, 1] (an array, or a CPU tensor) as the data's own PNG convention:
+    16-bit HU+1024 for HU data, 8-bit levels for 8-bit data."""
+    values = from_model_range(np.asarray(sr), data_kind, hu_window)
+    if data_kind == "hu":
+        write_png16_hu(path, values)
+    else:
+        write_png8(path, values)
+
+
+def write_std(path: str | os.PathLike[str], std: np.ndarray, data_kind: str, hu_window: Window) -> None:
+    """An (H, W) sample std in model units as std in HU (16-bit; the pixel value is the std, not
+    HU+1024) or in 8-bit levels (8-bit data)."""
+    if data_kind != "hu":
+        write_png8(path, np.asarray(std) * 127.5)
+        return
+    hu = np.asarray(std).astype(np.float64) * (hu_window[1] - hu_window[0]) / 2.0
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.clip(np.rint(hu), 0, 65535).astype(np.uint16)).save(tmp, format="PNG")
+
+
 def window_to_png8(hu: np.ndarray, window: Window) -> np.ndarray:
     """HU -> [0, 255] float through a display window (for 8-bit windowed exports and figures)."""
     return (hu_window(hu, window) + 1.0) * 127.5

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ldm.data.convert import slice_name, write_slices
-from ldm.data.volumes import VolumeError, parse_inv3, parse_nrrd
+from ldm.data.convert import write_slices
+from ldm.data.volumes import VolumeError, parse_inv3, parse_nrrd, slice_name
 from ldm.util import file_sha256
 
 PYRADIOMICS_SPEC = "pyradiomics-bhklab==3.1.4"

@@ -37,6 +37,9 @@ NRRD_SUFFIXES = (".nrrd", ".nhdr")
 INV3_SUFFIXES = (".inv3",)
 DICOM_SUFFIXES = (".dcm",)
 INT16_RANGE = (-32768, 32767)
+KNOWN_SUFFIXES = (*NIBABEL_SUFFIXES, *NRRD_SUFFIXES, *INV3_SUFFIXES, *DICOM_SUFFIXES)
+# an .img is the data half of an .hdr pair and is read through its header
+VOLUME_SUFFIXES = tuple(s for s in KNOWN_SUFFIXES if s not in (".img", *DICOM_SUFFIXES))
 
 # NRRD `space` values whose axes we can map to LPS (sign flips per world axis)
 NRRD_SPACES = {
@@ -74,6 +77,18 @@ def suffix_of(path: Path) -> str:
     """Lower-case suffix, with .nii.gz kept whole."""
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def slice_name(stem: str, index: int, count: int) -> str:
+    """`<stem>_slice_<NNN>.png`, 1-based, zero-padded to 3 digits (more for longer volumes): how a
+    volume's slices are named by the converter and by sr.py alike."""
+    return f"{stem}_slice_{index + 1:0{max(3, len(str(count)))}d}.png"
+
+
+def volume_stem(path: Path) -> str:
+    """File name without its volume suffix (.nii.gz whole); a DICOM folder's name as it is."""
+    suffix = suffix_of(path)
+    return path.name[: -len(suffix)] if suffix in KNOWN_SUFFIXES else path.name
 
 
 def viewer_axes(directions: np.ndarray, name: str | os.PathLike[str] = "volume") -> tuple[list[int], list[bool]]:

@@ -15,7 +15,6 @@ scale in the same run never changes an image's LR.
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,14 +164,6 @@ class Protocol:
         gt = resize(slice_, self.out_size(scale), antialias=True)
         lr = self.lr_of(gt, torch.Generator().manual_seed(seed))
         return gt, lr
-
-
-def image_seed(seed: int, name: str) -> int:
-    """A stable 32-bit seed per image (crc32 of the run seed and the slice's relative path).
-
-    Python's hash() is salted per process, so it would not reproduce across runs.
-    """
-    return zlib.crc32(f"{seed}:{name}".encode())
 
 
 def scale_name(scale: float) -> str:

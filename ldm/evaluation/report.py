@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ldm.data.degradation import upsample
 from ldm.data.intensity import (
@@ -35,7 +34,8 @@ from ldm.data.intensity import (
     from_model_range,
     unit_to_hu,
     write_png8,
-    write_png16_hu,
+    write_sr,
+    write_std,
 )
 from ldm.evaluation.protocol import SliceRef, scale_name
 from ldm.evaluation.runner import ScaleResult
@@ -165,25 +165,6 @@ def plot_vs_scale(path: str | os.PathLike[str], results: list[ScaleResult], titl
 
 
 # ---- the images of each slice ------------------------------------------------------------------
-
-
-def write_sr(path: str | os.PathLike[str], sr: torch.Tensor, data_kind: str, hu_window: Window) -> None:
-    """An (H, W) SR in [-1, 1] as the data's own PNG convention."""
-    values = from_model_range(sr.numpy(), data_kind, hu_window)
-    if data_kind == "hu":
-        write_png16_hu(path, values)
-    else:
-        write_png8(path, values)
-
-
-def write_std(path: str | os.PathLike[str], std: torch.Tensor, data_kind: str, hu_window: Window) -> None:
-    """An (H, W) sample std in model units as std in HU (16-bit) or in 8-bit levels (8-bit)."""
-    if data_kind != "hu":
-        write_png8(path, std.numpy() * 127.5)
-        return
-    hu = std.numpy().astype(np.float64) * (hu_window[1] - hu_window[0]) / 2.0
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.clip(np.rint(hu), 0, 65535).astype(np.uint16)).save(tmp, format="PNG")
 
 
 def panel(lr: torch.Tensor, bicubic: torch.Tensor, sr: torch.Tensor, gt: torch.Tensor) -> np.ndarray:

@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from ldm.data.degradation import upsample
 from ldm.data.intensity import LUNG_WINDOW, SOFT_TISSUE_WINDOW, Window, hu_window, unit_to_hu
-from ldm.evaluation.protocol import Protocol, SliceRef, SliceSet, image_seed, load
+from ldm.evaluation.protocol import Protocol, SliceRef, SliceSet, load
 from ldm.metrics import lr_consistency, mae, psnr, ssim, unit_to_01
 from ldm.models.base import check_out_size
-from ldm.pipeline import Pipeline
+from ldm.pipeline import Pipeline, image_seed
 
 # ---- the methods -------------------------------------------------------------------------------
 

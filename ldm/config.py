@@ -41,7 +41,7 @@ def _read(path: Path) -> DictConfig:
     except (OmegaConfBaseException, yaml.YAMLError, ValueError, OSError) as err:
         raise ConfigError(f"{path}: not a valid YAML config ({str(err).splitlines()[0]})") from err
     if not isinstance(config, DictConfig):
-        raise ConfigError(f"{path}: expected a mapping of config keys")
+        raise ConfigError(f"{path}: expected a mapping of config keys (model:, data:, ...)")
     return config
 
 

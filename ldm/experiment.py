@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from ldm.checkpoint import load_checkpoint, load_weights, state_dict_of
+from ldm.config import load_config
 from ldm.data.intensity import FULL_WINDOW, Window, check_window
 from ldm.util import ConfigError, atomic_path, file_sha256, instantiate_from_config
 
@@ -228,12 +227,7 @@ def load_experiment(
         raise ExperimentError(f"{logdir}: log dir not found")
     config_path = project_config_path(logdir)
     ckpt_path = checkpoint_path(logdir, ckpt)
-    try:
-        config = OmegaConf.load(config_path)
-    except (OmegaConfBaseException, yaml.YAMLError, ValueError, OSError) as err:
-        raise ConfigError(f"{config_path}: not a valid YAML config ({str(err).splitlines()[0]})") from err
-    if not isinstance(config, DictConfig):
-        raise ConfigError(f"{config_path}: expected a mapping with model: and data: sections")
+    config = load_config(config_path)  # ConfigError naming the file when it is not a YAML mapping
 
     model = build_model(config, config_path)
     kind = _is_super_resolver(model, config_path)

@@ -54,7 +54,7 @@ def _load(path: Path, chain: tuple[Path, ...]) -> DictConfig:
     parents = config.pop(INHERIT, None)
     if isinstance(parents, str):
         parents = [parents]
-    if parents is not None and not (isinstance(parents, ListConfig) or isinstance(parents, list)):
+    if parents is not None and not isinstance(parents, (ListConfig, list)):
         raise ConfigError(f"{path}: {INHERIT}: expected a file or a list of files")
     bases = [_load(path.parent / str(parent), chain) for parent in parents or []]
     own = _expand_model_of(config, path, chain)
@@ -64,7 +64,7 @@ def _load(path: Path, chain: tuple[Path, ...]) -> DictConfig:
 def _expand_model_of(node: Any, path: Path, chain: tuple[Path, ...]) -> Any:
     """node with every {model_of: FILE, ...} mapping replaced by FILE's model node + the mapping's keys."""
     if isinstance(node, DictConfig):
-        source = node.get(MODEL_OF) if MODEL_OF in node else None
+        source = node.get(MODEL_OF)
         rest = OmegaConf.create({k: _expand_model_of(node[k], path, chain) for k in node if k != MODEL_OF})
         if source is None:
             return rest

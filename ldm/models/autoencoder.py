@@ -16,13 +16,16 @@ from ldm.metrics import psnr, unit_to_01, validation_metrics
 from ldm.models.base import EMAMixin, check_out_size, init_from_checkpoint, model_input_size
 from ldm.modules.diffusionmodules.model import Encoder, LatentDecoder
 from ldm.modules.distributions import DiagonalGaussian
-from ldm.modules.implicit.liif import LIIF
+from ldm.modules.implicit.coords import sample_queries
+from ldm.modules.implicit.liif import LIIF, Reading
 from ldm.modules.losses import gradient_l1
 from ldm.modules.resample import check_upsample_mode, upsample
 from ldm.modules.tiles import blend_tiles
+from ldm.util import ConfigError, instantiate_from_config
 
 LATENTS = ("deterministic", "kl")
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
+REGRESSOR_KEY = "model.params.regressor_config"
 
 
 class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
@@ -31,6 +34,10 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
     encoder_config: Encoder params (ch, ch_mult, num_res_blocks, z_channels[, dropout]);
     decoder_config: LatentDecoder params (ch, ch_mult, num_res_blocks, z_channels, out_ch[, dropout]);
     liif_config: LIIF params (hidden, feat_unfold). embed_dim: latent channels.
+    regressor_config: target/params of a trained regression SR model (the LIIF baseline, with its
+        params.ckpt_path): with lr_skip, the decoder corrects the regressor's SR of the LR instead
+        of its bicubic reading. The regressor is frozen and saved with this model. None: bicubic
+        (the paper has neither). See README, "Why the decoder learns".
     latent: "deterministic" (the paper) or "kl" (DiagonalGaussian, kl_weight as in latent diffusion).
     lr_skip: decode a correction to the bicubic reading of the LR (then decode needs lr).
     loss: "l1" (the paper) or "l2" on the output. The CT configs use l2 with lr_skip: in 300 steps
@@ -40,6 +47,9 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
     grad_loss_weight: weight of an L1 term on image gradients (0: plain L1, the paper).
     sr_fraction: the share of each training batch encoded from the upsampled LR instead of the HR
         (0: reconstruction only, the paper), so that the first stage alone super-resolves.
+    sample_q: the loss on this many random output pixels per training image, not the whole grid
+        (LIIF's protocol; an unbiased estimate of the same mean loss at a fraction of the decoder's
+        and the regressor's cost). None: the whole grid (needed by grad_loss_weight).
     max_input_scale, cond_upsample: how super_resolve upsamples the LR before encoding.
     chunk_size: LIIF queries per MLP pass. ckpt_path: trained weights to start from.
     tile / tile_overlap: a latent larger than tile x tile pixels is encoded and decoded in
@@ -54,6 +64,7 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         encoder_config: dict,
         decoder_config: dict,
         liif_config: dict | None = None,
+        regressor_config: dict | None = None,
         embed_dim: int = 3,
         latent: str = "deterministic",
         kl_weight: float = 1e-6,
@@ -61,6 +72,7 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         grad_loss_weight: float = 0.0,
         sr_fraction: float = 0.0,
         loss: str = "l1",
+        sample_q: int | None = None,
         use_ema: bool = False,
         ema_decay: float = 0.999,
         max_input_scale: float = 8.0,
@@ -86,6 +98,9 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         if loss not in LOSSES:
             raise ValueError(f"loss: expected one of {sorted(LOSSES)}, got '{loss}'")
         self.loss = loss
+        if sample_q is not None and (sample_q < 1 or grad_loss_weight > 0):
+            raise ValueError(f"sample_q: expected None or a positive count without grad_loss_weight, got {sample_q}")
+        self.sample_q = sample_q
         self.max_input_scale = max_input_scale
         self.chunk_size = chunk_size
         self.monitor = monitor
@@ -100,12 +115,40 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         # with lr_skip the decoder is told the LR's pixel size: it corrects a reading it cannot see
         liif_config = {"lr_cell": lr_skip, **(liif_config or {})}
         self.liif = LIIF(self.decoder.out_ch, out_dim=1, zero_init_output=lr_skip, **liif_config)
+        # set True by loading the regressor's weights (here, or with any checkpoint of this model)
+        self.register_buffer("regressor_loaded", torch.tensor(False))
+        self.regressor = self._build_regressor(regressor_config) if regressor_config else None
         self.init_ema(use_ema, ema_decay)
         if ckpt_path:
             init_from_checkpoint(self, ckpt_path)
 
+    def _build_regressor(self, config: dict) -> torch.nn.Module:
+        if not self.lr_skip:
+            raise ConfigError(f"{REGRESSOR_KEY}: needs lr_skip: true (the decoder corrects the regressor's SR)")
+        regressor = instantiate_from_config(config, key=REGRESSOR_KEY)
+        if not callable(getattr(regressor, "reading", None)):
+            name = type(regressor).__name__
+            raise ConfigError(f"{REGRESSOR_KEY}: {name} has no reading(lr) (the LIIF baseline has)")
+        if isinstance(regressor, EMAMixin):
+            regressor.init_ema(False)  # it runs on its averaged weights already; nothing to average
+        self.regressor_loaded.fill_(bool((config.get("params") or {}).get("ckpt_path")))
+        return regressor.eval().requires_grad_(False)
+
     def ema_target(self) -> torch.nn.Module:
         return self
+
+    def train(self, mode: bool = True) -> ImplicitAutoencoder:
+        """Lightning calls train() every epoch; the frozen regressor stays in eval mode."""
+        super().train(mode)
+        if self.regressor is not None:
+            self.regressor.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        if self.regressor is not None and not bool(self.regressor_loaded):
+            key = f"{REGRESSOR_KEY}.params.ckpt_path"
+            raise ConfigError(f"{key}: not set; the decoder corrects a trained regressor. "
+                              f"Pass e.g. {key}=logs/<liif run>/checkpoints/last.ckpt")
 
     @property
     def downsample_factor(self) -> int:
@@ -158,12 +201,24 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         if self.lr_skip and lr is None:
             raise ValueError("decode: this first stage has lr_skip (it decodes a correction to the LR); pass lr=")
         skip = lr if self.lr_skip else None
+        reading = self._regressor_reading(lr) if self.regressor is not None else None
         if (out_size is None) == (coords is None) or (coords is None) != (cells is None):
             raise ValueError("decode: give either out_size, or both coords and cells")
         feat = self.features(z, tile)  # (B, out_ch, h, w)
         if out_size is not None:
-            return self.liif.render(feat, out_size, lr=skip, chunk_size=self.chunk_size)
-        return self.liif(feat, coords, cells, lr=skip, chunk_size=self.chunk_size)
+            return self.liif.render(feat, out_size, lr=skip, chunk_size=self.chunk_size, reading=reading)
+        return self.liif(feat, coords, cells, lr=skip, chunk_size=self.chunk_size, reading=reading)
+
+    def _regressor_reading(self, lr: torch.Tensor) -> Reading:
+        """The frozen regressor's SR of lr at any query points (its LR features computed once, no gradient)."""
+        with torch.no_grad():
+            read = self.regressor.reading(lr)
+
+        def reading(coords: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return read(coords, cells)
+
+        return reading
 
     @torch.no_grad()
     def super_resolve(
@@ -185,7 +240,11 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
             up = upsample(batch["lr"][:n_sr], tuple(x.shape[-2:]), self.cond_upsample)
             x = torch.cat([up.to(x.dtype), x[n_sr:]])
         z, kl = self._encode(x)
-        pred = self.decode(z, tuple(gt.shape[-2:]), lr=batch["lr"])
+        if self.sample_q:
+            coords, cells, gt = sample_queries(gt, self.sample_q)  # gt values (B, q, 1)
+            pred = self.decode(z, coords=coords, cells=cells, lr=batch["lr"])
+        else:
+            pred = self.decode(z, tuple(gt.shape[-2:]), lr=batch["lr"])
         rec = LOSSES[self.loss](pred.float(), gt.float())
         losses = {"loss": rec, self.loss: rec}
         if self.grad_loss_weight > 0:
@@ -194,7 +253,7 @@ class ImplicitAutoencoder(EMAMixin, pl.LightningModule):
         if kl is not None:
             losses["kl"] = kl.mean()
             # per-pixel, like the mean L1: latent diffusion's weights balance sums over an image
-            losses["loss"] = losses["loss"] + self.kl_weight * losses["kl"] / gt[0].numel()
+            losses["loss"] = losses["loss"] + self.kl_weight * losses["kl"] / batch["gt"][0].numel()
         return losses
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from ldm.metrics import validation_metrics
 from ldm.models.base import EMAMixin, check_out_size, init_from_checkpoint
 from ldm.modules.edsr import EDSR
 from ldm.modules.implicit.coords import sample_queries
-from ldm.modules.implicit.liif import LIIF
+from ldm.modules.implicit.liif import LIIF, Reading
 
 
 class LIIFBaseline(EMAMixin, pl.LightningModule):
@@ -62,6 +62,13 @@ class LIIFBaseline(EMAMixin, pl.LightningModule):
     def query(self, lr: torch.Tensor, coords: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         """LR (B, 1, h, w), coords and cells (B, N, 2) -> values (B, N, 1)."""
         return self.liif(self.encoder(lr), coords, cells, lr=lr if self.lr_skip else None, chunk_size=self.chunk_size)
+
+    def reading(self, lr: torch.Tensor) -> Reading:
+        """The SR of lr (B, 1, h, w) as a function of (coords, cells) (B, n, 2) -> (B, n, 1), its
+        features computed once: what a first stage with this model as its regressor corrects."""
+        feat = self.encoder(lr)
+        skip = lr if self.lr_skip else None
+        return lambda coords, cells: self.liif(feat, coords, cells, lr=skip, chunk_size=None)
 
     @torch.no_grad()
     def super_resolve(

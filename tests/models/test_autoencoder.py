@@ -4,20 +4,21 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from ldm.checkpoint import CheckpointMismatchError, load_checkpoint
+from ldm.config import load_config
 from ldm.data.batches import SRBatches
 from ldm.data.degradation import degrade
 from ldm.data.intensity import FULL_WINDOW
 from ldm.data.slices import CTSlices
 from ldm.metrics import psnr, unit_to_01
 from ldm.models.autoencoder import ImplicitAutoencoder
+from ldm.models.liif_baseline import LIIFBaseline
 from ldm.modules.implicit.coords import make_cell, make_coord
 from ldm.modules.implicit.liif import lr_reading
 from ldm.modules.resample import upsample
-from ldm.util import instantiate_from_config
+from ldm.util import ConfigError, instantiate_from_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "first-stage"
 
@@ -189,9 +190,11 @@ def test_trainer_fit_logs_and_saves_a_weights_only_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("name", ["ct-tiny.yaml", "ct256-f4.yaml"])
 def test_configs_build(name):
-    config = OmegaConf.load(CONFIGS / name)
+    config = load_config(CONFIGS / name)
     model = instantiate_from_config(config.model)
     assert model.kind == "first_stage" and model.downsample_factor == 4
+    # ct256-f4 corrects the LIIF baseline's SR, as ct-demo does; ct-tiny the bicubic reading
+    assert (model.regressor is not None) == (name == "ct256-f4.yaml")
     instantiate_from_config(config.data)  # the parameter names exist (no files are read)
     if name == "ct-tiny.yaml":
         assert model._losses(sr_batch(size=64, gt=48))["loss"].isfinite()
@@ -220,3 +223,77 @@ def test_the_decoder_learns_a_correction_to_the_bicubic_reading(fixtures_dir):
         recon = ae.eval().decode(ae.encode(hr), (64, 64), lr=lr)
     gain = _psnr_db(recon, hr) - _psnr_db(upsample(lr, 64), hr)
     assert gain > 1.0, f"reconstruction - bicubic = {gain:+.2f} dB"
+
+
+# -- a trained regressor as the reading the decoder corrects --------------------------------------
+
+REGRESSOR_PARAMS = {"encoder_config": {"n_resblocks": 1, "n_feats": 8}, "liif_config": {"hidden": [16]},
+                    "lr_skip": True}
+
+
+def regressor_checkpoint(tmp_path) -> tuple[Path, LIIFBaseline]:
+    """A 'trained' LIIF baseline (random non-zero weights) saved as a Lightning checkpoint would be."""
+    torch.manual_seed(7)
+    liif = LIIFBaseline(**REGRESSOR_PARAMS)
+    torch.nn.init.normal_(liif.liif.layers[-1].weight, std=0.1)
+    path = tmp_path / "liif.ckpt"
+    torch.save({"state_dict": liif.state_dict()}, path)
+    return path, liif.eval()
+
+
+def regressor_config(ckpt_path) -> dict:
+    return {"target": "ldm.models.liif_baseline.LIIFBaseline",
+            "params": {**REGRESSOR_PARAMS, "ckpt_path": None if ckpt_path is None else str(ckpt_path)}}
+
+
+def test_an_untrained_decoder_returns_exactly_the_regressors_sr(tmp_path):
+    path, liif = regressor_checkpoint(tmp_path)
+    ae = tiny_ae(lr_skip=True, regressor_config=regressor_config(path)).eval()
+    lr = torch.rand(2, 1, 10, 12) * 2 - 1
+    with torch.no_grad():
+        out = ae.decode(ae.encode(torch.randn(2, 1, 32, 32)), (25, 30), lr=lr)
+        expected = liif.super_resolve(lr, (25, 30))
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert not torch.allclose(expected, upsample(lr, (25, 30), "bicubic"), atol=1e-3)  # not bicubic
+
+
+def test_the_regressor_is_frozen_and_saved_with_the_first_stage(tmp_path):
+    path, _ = regressor_checkpoint(tmp_path)
+    ae = tiny_ae(lr_skip=True, regressor_config=regressor_config(path), use_ema=True)
+    trained = {id(p) for group in ae.configure_optimizers().param_groups for p in group["params"]}
+    assert trained and not any(id(p) in trained for p in ae.regressor.parameters())
+    assert not any(name.startswith("regressor.") for name in ae.ema.names)
+    ae.train()
+    assert not ae.regressor.training
+    # a stage-1 checkpoint carries the regressor: rebuilt without its ckpt_path (as the LDM and
+    # load_experiment do), it decodes the same and counts as loaded
+    saved = tmp_path / "ae.ckpt"
+    torch.save({"state_dict": ae.state_dict()}, saved)
+    again = tiny_ae(lr_skip=True, regressor_config=regressor_config(None), ckpt_path=str(saved)).eval()
+    assert bool(again.regressor_loaded)
+    lr = torch.rand(1, 1, 8, 8) * 2 - 1
+    with torch.no_grad():
+        z = ae.encode(torch.randn(1, 1, 16, 16))
+        assert torch.equal(again.decode(z, (20, 20), lr=lr), ae.eval().decode(z, (20, 20), lr=lr))
+
+
+def test_a_regressor_needs_lr_skip_and_weights_to_train():
+    with pytest.raises(ConfigError, match="regressor_config: needs lr_skip"):
+        tiny_ae(lr_skip=False, regressor_config=regressor_config(None))
+    ae = tiny_ae(lr_skip=True, regressor_config=regressor_config(None))
+    with pytest.raises(ConfigError, match="regressor_config.params.ckpt_path: not set"):
+        ae.on_fit_start()
+
+
+def test_the_loss_on_sampled_pixels_estimates_the_whole_grids():
+    batch = sr_batch(b=2, size=32, gt=32, scale=2.0)
+    whole = tiny_ae(lr_skip=True, loss="l2")
+    sampled = tiny_ae(lr_skip=True, loss="l2", sample_q=32 * 32)  # every pixel, in another order
+    sampled.load_state_dict(whole.state_dict())
+    torch.manual_seed(0)
+    assert torch.allclose(sampled._losses(batch)["loss"], whole._losses(batch)["loss"], rtol=1e-5)
+    few = tiny_ae(lr_skip=True, loss="l2", sample_q=50)
+    few.load_state_dict(whole.state_dict())
+    assert few._losses(batch)["loss"].isfinite()
+    with pytest.raises(ValueError, match="sample_q"):
+        tiny_ae(sample_q=64, grad_loss_weight=0.1)

@@ -42,7 +42,7 @@ def first_stage_params(node):
 def test_ldm_configs_get_their_first_stage_params_from_the_stage1_config(ldm_config, first_stage_config):
     """The CT port's stage-2 config disagreed with its stage 1 and could not load it; here the
     LDM configs name their stage-1 config (model_of) and the stage-3 ones inherit stage 2."""
-    stage1 = OmegaConf.load(CONFIGS.parent / "first-stage" / first_stage_config).model
+    stage1 = load_config(CONFIGS.parent / "first-stage" / first_stage_config).model
     node = model_node(ldm_config)
     assert node["params"]["first_stage_config"]["target"] == stage1.target
     assert first_stage_params(node) == OmegaConf.to_container(stage1.params, resolve=True)
@@ -279,6 +279,20 @@ def test_alignment_loss_trains_the_unet_through_the_frozen_decoder(first_stage_c
     image_term = ((model.decode(x0_hat.float(), size, lr) - hr) ** 2).mean()
     (through_decoder,) = torch.autograd.grad(image_term, model.unet.out[-1].weight)
     assert through_decoder.abs().sum() > 0
+
+
+def test_alignment_on_sampled_hr_pixels_estimates_the_whole_grids_loss(first_stage_ckpt):
+    model = with_live_zero_layers(build(first_stage_ckpt, alignment=True))
+    batch = make_batch()
+    t = torch.tensor([5, 800])
+    noise = torch.randn(model._latent_shape(batch["hr"]), generator=torch.Generator().manual_seed(1))
+    whole = model.loss(batch, t, noise)
+    model.align_sample_q = batch["hr"][0].numel()  # every pixel, in a random order: the same mean
+    torch.testing.assert_close(model.loss(batch, t, noise), whole, rtol=1e-5, atol=1e-7)
+    model.align_sample_q = 16
+    loss = model.loss(batch, t, noise)
+    loss.backward()
+    assert torch.isfinite(loss) and model.unet.out[-1].weight.grad.abs().sum() > 0
 
 
 def test_only_the_unet_is_optimised_and_the_first_stage_stays_frozen(model):

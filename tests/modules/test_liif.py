@@ -103,6 +103,21 @@ def test_lr_skip_adds_the_bicubic_reading():
     assert torch.allclose(with_skip, liif(feat, coords, cells) + lr_reading(lr, coords), atol=1e-6)
 
 
+def test_a_given_reading_replaces_the_bicubic_one():
+    torch.manual_seed(4)
+    liif = LIIF(4, hidden=[8], lr_cell=True)
+    feat, lr = torch.randn(2, 4, 5, 5), torch.randn(2, 1, 5, 5)
+    coords, cells = random_queries(2, 50, (15, 15))
+
+    def reading(c, cell):  # any function of the query points, e.g. a trained regressor's SR
+        return c.sum(-1, keepdim=True) + cell[..., :1]
+
+    # chunked like a large render: the reading is asked for each chunk's own points
+    out = liif(feat, coords, cells, lr=lr, reading=reading, chunk_size=16)
+    correction = liif(feat, coords, cells, lr=lr) - lr_reading(lr, coords)
+    assert torch.allclose(out, correction + reading(coords, cells), atol=1e-6)
+
+
 def test_zero_initialised_output_returns_exactly_the_lr_reading():
     liif = LIIF(4, hidden=[8], zero_init_output=True)
     feat, lr = torch.randn(1, 4, 5, 5), torch.randn(1, 1, 5, 5)

@@ -23,6 +23,7 @@ from ldm.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
 from ldm.models.base import EMAMixin, check_out_size, init_from_checkpoint, model_input_size
 from ldm.models.diffusion.samplers import Sampling, sampler_function, seeded_randn
 from ldm.models.diffusion.schedule import DiffusionSchedule
+from ldm.modules.implicit.coords import sample_queries
 from ldm.modules.resample import check_upsample_mode, upsample
 from ldm.modules.tiles import tiled
 from ldm.util import ConfigError, instantiate_from_config
@@ -80,7 +81,9 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         (as SRDiff diffuses HR - up(LR)); with scale_by_std the residual is scaled to unit std
         too (residual_scale). The sample is cond + residual: the LR's content comes through the
         condition unchanged and the denoiser only has to supply the detail (see README).
-    alignment: stage 3, the loss through the decoder; align_weight_max clamps its weight.
+    alignment: stage 3, the loss through the decoder; align_weight_max clamps its weight;
+        align_sample_q: its image term on this many random HR pixels per sample (the first
+        stage's sample_q: the same mean, a fraction of the decode); None: the whole HR grid.
     ckpt_path: initialise the whole model (first stage, UNet, EMA, latent scale) from a
         stage-2 checkpoint; the fine-tune then starts from that run's EMA weights.
     sampler / sample_steps / sample_eta: super_resolve's defaults ("ddim", "ddpm" or "dpmpp_2m";
@@ -111,6 +114,7 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         residual: bool = False,
         alignment: bool = False,
         align_weight_max: float | None = 5.0,
+        align_sample_q: int | None = None,
         ckpt_path: str | None = None,
         monitor: str = "val/loss",
         sample_steps: int = 50,
@@ -132,6 +136,9 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         self.residual = residual
         self.alignment = alignment
         self.align_weight_max = align_weight_max
+        if align_sample_q is not None and align_sample_q < 1:
+            raise ValueError(f"align_sample_q: expected None or a positive count, got {align_sample_q}")
+        self.align_sample_q = align_sample_q
         self.monitor = monitor
         self.sample_steps = sample_steps
         self.sample_eta = sample_eta
@@ -206,12 +213,18 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         return self.encode(upsample(lr, size, self.cond_upsample), tile)
 
     def decode(
-        self, z: torch.Tensor, out_size: tuple[int, int], lr: torch.Tensor, tile: int | None = None
+        self,
+        z: torch.Tensor,
+        out_size: tuple[int, int] | None,
+        lr: torch.Tensor,
+        tile: int | None = None,
+        coords: torch.Tensor | None = None,
+        cells: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Scaled latent -> image (B, 1, *out_size); differentiable (the alignment loss needs it)."""
-        return self.first_stage.decode(
-            z / self.latent_scale, out_size=out_size, lr=lr if self.first_stage.lr_skip else None, tile=tile
-        )
+        """Scaled latent -> image (B, 1, *out_size), or values (B, N, 1) at coords and cells (B, N, 2)
+        (out_size None); differentiable (the alignment loss needs it)."""
+        return self.first_stage.decode(z / self.latent_scale, out_size=out_size, coords=coords, cells=cells,
+                                       lr=lr if self.first_stage.lr_skip else None, tile=tile)
 
     def to_diffusion(self, z0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Scaled latent -> the variable the diffusion runs on: z0 itself, or (z0 - cond) x residual_scale."""
@@ -283,7 +296,12 @@ class LatentDiffusionSR(EMAMixin, pl.LightningModule):
         out = self.denoise(x_t, t, cond)
         eps = out if self.parameterization == "eps" else self.schedule.predict_noise_from_v(x_t, t, out)
         z0_hat = self.from_diffusion(self.schedule.predict_start_from_noise(x_t, t, eps), cond)
-        sr = self.decode(z0_hat, size, lr)  # (B, 1, H, W), gradients through the fixed decoder
+        # gradients through the fixed decoder: sr (B, 1, H, W), or (B, q, 1) at q random HR pixels
+        if self.align_sample_q:
+            coords, cells, hr = sample_queries(hr, self.align_sample_q)
+            sr = self.decode(z0_hat, None, lr, coords=coords, cells=cells)
+        else:
+            sr = self.decode(z0_hat, size, lr)
         weights = alignment_weights(self.schedule.alphas_cumprod[t], self.align_weight_max)
         return alignment_loss(z0_hat, z0, sr, hr, weights)
 

@@ -17,13 +17,16 @@ running a (C+4) x 256 matmul 16M times.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ldm.modules.implicit.coords import make_cell, make_coord
+
+# values (B, n, out) at coords and cells (B, n, 2): what an LR-skip decoder adds its output to
+Reading = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # LIIF's shift: a query exactly on a pixel border would otherwise pick the same neighbour twice
 _EPS_SHIFT = 1e-6
@@ -148,12 +151,14 @@ class LIIF(nn.Module):
         cells: torch.Tensor,
         lr: torch.Tensor | None = None,
         chunk_size: int | None = 65536,
+        reading: Reading | None = None,
     ) -> torch.Tensor:
         """feat (B, C, h, w), coords (B, N, 2), cells (B, N, 2) [, lr (B, out, h', w')] -> (B, N, out).
 
         chunk_size bounds the queries (summed over the batch) per MLP pass, so that a 4096 x 4096
         output fits in memory; None runs all at once. With lr, the LR's bicubic reading is added
-        (and with lr_cell, the LR's pixel size is an input, so lr is then required).
+        (and with lr_cell, the LR's pixel size is an input, so lr is then required); `reading`
+        (coords, cells) -> (B, n, out) replaces that bicubic reading (a trained regressor's SR).
         """
         if self.lr_cell and lr is None:
             raise ValueError("LIIF with lr_cell: pass lr= (the decoder is told the LR's pixel size)")
@@ -168,7 +173,11 @@ class LIIF(nn.Module):
         for start in range(0, n, step):
             c, cell = coords[:, start : start + step], cells[:, start : start + step]
             values = self._query(proj, c, cell, lr_cells)
-            out.append(values if lr is None else values + lr_reading(lr, c))
+            if reading is not None:
+                values = values + reading(c, cell)
+            elif lr is not None:
+                values = values + lr_reading(lr, c)
+            out.append(values)
         return torch.cat(out, dim=1)
 
     def render(
@@ -177,11 +186,12 @@ class LIIF(nn.Module):
         out_size: tuple[int, int],
         lr: torch.Tensor | None = None,
         chunk_size: int | None = 65536,
+        reading: Reading | None = None,
     ) -> torch.Tensor:
-        """Values on a whole (H, W) pixel grid: feat (B, C, h, w) -> (B, out, H, W)."""
+        """Values on a whole (H, W) pixel grid: feat (B, C, h, w) -> (B, out, H, W) (arguments as in forward)."""
         h, w = (int(v) for v in out_size)
         b = feat.shape[0]
         coords = make_coord((h, w), device=feat.device).expand(b, h * w, 2)
         cells = make_cell((h, w), device=feat.device).expand(b, h * w, 2)
-        values = self(feat, coords, cells, lr=lr, chunk_size=chunk_size)  # (B, H*W, out)
+        values = self(feat, coords, cells, lr=lr, chunk_size=chunk_size, reading=reading)  # (B, H*W, out)
         return values.transpose(1, 2).reshape(b, -1, h, w)

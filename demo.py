@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_fetch", action="store_true", help="use the slices already in <data_dir>/CT")
     parser.add_argument("--lr_size", type=int, default=32)
     parser.add_argument("--scales", type=float, nargs="+", default=[2.0, 3.5, 4.0])
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps for the evaluation")
+    parser.add_argument("--steps", type=int, default=10,
+                        help="DDIM steps for the evaluation (10 scored 0.2 dB above 20 on a trained CPU model)")
     parser.add_argument("--n_samples", type=int, default=4, help="K of the LDM's mean-of-K rows")
     parser.add_argument("--real_steps", type=int, default=10,
                         help="DDIM steps for the full-size slice of the last step (its time grows with them)")
@@ -133,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     liif = train("demo-liif", [LIIF_CFG], args.overrides, args)
 
     banner("4/8 stage 1: autoencoder with an implicit neural decoder")
-    first = train("demo-first-stage", [FIRST_STAGE_CFG], args.overrides, args)
+    regressor = liif / "checkpoints" / "last.ckpt"  # the first stage's decoder corrects the LIIF's SR
+    first = train("demo-first-stage", [FIRST_STAGE_CFG],
+                  [f"model.params.regressor_config.params.ckpt_path={regressor}", *args.overrides], args)
 
     banner("5/8 stage 2: latent diffusion conditioned on the LR slice")
     ckpt = first / "checkpoints" / "last.ckpt"

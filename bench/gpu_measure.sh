@@ -144,12 +144,23 @@ part_data() {
 part_train() {
     banner "train: $TRAIN (stage 1 $STAGE1_TIME, LIIF $LIIF_TIME each, stage 2 $STAGE2_TIME, stage 3 $STAGE3_TIME)"
     # shellcheck disable=SC2086  # *_OVERRIDES are lists of key=value
-    if wants "$TRAIN" s1; then train s1 "$CONFIG_S1" "$STAGE1_TIME" ${S1_OVERRIDES:-}; fi
-    # shellcheck disable=SC2086
     if wants "$TRAIN" liif; then train liif "$CONFIG_LIIF" "$LIIF_TIME" model.params.lr_skip=false ${LIIF_OVERRIDES:-}; fi
     # shellcheck disable=SC2086
     if wants "$TRAIN" liif-skip; then
         train liif-skip "$CONFIG_LIIF" "$LIIF_TIME" model.params.lr_skip=true ${LIIF_OVERRIDES:-}
+    fi
+    if wants "$TRAIN" s1; then
+        local regressor=()
+        # shellcheck disable=SC2086  # CONFIG_S1 may name more than one file
+        if grep -q "regressor_config" $CONFIG_S1; then
+            # the first stage corrects the LIIF-skip run's SR (README, "Why the decoder learns")
+            local liif_skip
+            liif_skip=$(finished liif-skip)
+            [[ -n "$liif_skip" ]] || { echo "$CONFIG_S1 has a regressor: TRAIN must include liif-skip"; exit 2; }
+            regressor=("model.params.regressor_config.params.ckpt_path=$liif_skip/checkpoints/last.ckpt")
+        fi
+        # shellcheck disable=SC2086
+        train s1 "$CONFIG_S1" "$STAGE1_TIME" "${regressor[@]}" ${S1_OVERRIDES:-}
     fi
     if wants "$TRAIN" s2; then
         local s1

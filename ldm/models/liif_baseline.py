@@ -66,9 +66,7 @@ class LIIFBaseline(EMAMixin, pl.LightningModule):
     def reading(self, lr: torch.Tensor) -> Reading:
         """The SR of lr (B, 1, h, w) as a function of (coords, cells) (B, n, 2) -> (B, n, 1), its
         features computed once: what a first stage with this model as its regressor corrects."""
-        feat = self.encoder(lr)
-        skip = lr if self.lr_skip else None
-        return lambda coords, cells: self.liif(feat, coords, cells, lr=skip, chunk_size=None)
+        return self.liif.reader(self.encoder(lr), lr=lr if self.lr_skip else None)
 
     @torch.no_grad()
     def super_resolve(

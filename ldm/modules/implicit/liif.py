@@ -144,6 +144,30 @@ class LIIF(nn.Module):
         # weight has the coordinates' dtype (float32 at least), so a bf16 MLP output is summed in float32
         return (x * weight[..., None]).sum(0)  # (B, n, out)
 
+    def reader(
+        self, feat: torch.Tensor, lr: torch.Tensor | None = None, reading: Reading | None = None
+    ) -> Reading:
+        """The decoded values as a function of (coords, cells) (B, n, 2) -> (B, n, out), with the
+        first layer projected on the grid once for all the queries it is asked (arguments as in
+        forward). A regressor's reading is called once per chunk of the decoder it serves, so
+        projecting per call would redo a full-grid convolution per chunk (16 times for a 1024 px
+        render)."""
+        if self.lr_cell and lr is None:
+            raise ValueError("LIIF with lr_cell: pass lr= (the decoder is told the LR's pixel size)")
+        proj = self.project(feat)  # (B, hidden0, h, w)
+        lr_cell = (2.0 / lr.shape[-2], 2.0 / lr.shape[-1]) if self.lr_cell else None  # the LR's pixel size
+
+        def read(coords: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+            lr_cells = None if lr_cell is None else coords.new_tensor(lr_cell).expand(coords.shape[0], 1, 2)
+            values = self._query(proj, coords, cells, lr_cells)
+            if reading is not None:
+                return values + reading(coords, cells)
+            if lr is not None:
+                return values + lr_reading(lr, coords)
+            return values
+
+        return read
+
     def forward(
         self,
         feat: torch.Tensor,
@@ -160,25 +184,10 @@ class LIIF(nn.Module):
         (and with lr_cell, the LR's pixel size is an input, so lr is then required); `reading`
         (coords, cells) -> (B, n, out) replaces that bicubic reading (a trained regressor's SR).
         """
-        if self.lr_cell and lr is None:
-            raise ValueError("LIIF with lr_cell: pass lr= (the decoder is told the LR's pixel size)")
-        proj = self.project(feat)  # (B, hidden0, h, w), once for all chunks
+        read = self.reader(feat, lr, reading)
         b, n = coords.shape[:2]
-        lr_cells = None
-        if self.lr_cell:
-            lr_hw = coords.new_tensor([lr.shape[-2], lr.shape[-1]])
-            lr_cells = (2.0 / lr_hw).expand(b, 1, 2)
         step = n if chunk_size is None else max(1, chunk_size // b)
-        out = []
-        for start in range(0, n, step):
-            c, cell = coords[:, start : start + step], cells[:, start : start + step]
-            values = self._query(proj, c, cell, lr_cells)
-            if reading is not None:
-                values = values + reading(c, cell)
-            elif lr is not None:
-                values = values + lr_reading(lr, c)
-            out.append(values)
-        return torch.cat(out, dim=1)
+        return torch.cat([read(coords[:, i : i + step], cells[:, i : i + step]) for i in range(0, n, step)], dim=1)
 
     def render(
         self,

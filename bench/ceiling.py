@@ -11,7 +11,6 @@ frozen first stage is used. The table goes to stdout, the means to --json.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import eval_sr  # noqa: E402
+from bench.common import write_json  # noqa: E402
 from ldm.evaluation.protocol import load, scale_name  # noqa: E402
 from ldm.evaluation.runner import BicubicBaseline, score  # noqa: E402
 from ldm.pipeline import image_seed  # noqa: E402
@@ -31,10 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write the per-scale means here")
     args = parser.parse_args(argv)
     exp, _, protocol, slices, _ = eval_sr.setup(args)
-    model = exp.model
-    first_stage = model.first_stage if exp.kind == "ldm" else model
     if exp.kind not in ("ldm", "first_stage"):
         raise SystemExit(f"--exp {args.exp}: a first-stage or LDM run, got a {exp.kind} run")
+    first_stage = exp.model.first_stage if exp.kind == "ldm" else exp.model
     bicubic = BicubicBaseline()
     means: dict[str, dict[str, dict[str, float]]] = {}
     for scale in protocol.scale_ratios:
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, m in means[scale_name(scale)].items():
             print(f"{name:32s} {m['psnr']:6.2f} dB  SSIM {m['ssim']:.4f}  MAE {m.get('mae_hu', m['mae']):6.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"exp": str(args.exp), "scales": means}, indent=1) + "\n")
+        write_json(args.json, {"exp": str(args.exp), "scales": means})
     return 0
 
 

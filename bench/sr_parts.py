@@ -15,17 +15,14 @@ threads (default: torch's own choice). The rows and their sum for `--steps` go t
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, card_name, format_table, write_json  # noqa: E402
+from bench.common import REPO, card_name, format_table, time_call, write_json  # noqa: E402
 from ldm.data.intensity import hu_window, read_slice  # noqa: E402
 from ldm.experiment import load_experiment  # noqa: E402
 from ldm.models.base import model_input_size  # noqa: E402
@@ -45,16 +42,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "sr_parts.json"))
     return p
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: allocator, oneDNN kernels
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -84,13 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     if first.regressor is not None:
         parts["  of which the regressor's SR"] = lambda: first.regressor.super_resolve(lr, out_hw)
-    rows = [{"part": name, "s": median_seconds(fn, args.repeats)} for name, fn in parts.items()]
+    cpu = torch.device("cpu")
+    rows = [{"part": name, "s": time_call(fn, cpu, warmup=1, repeats=args.repeats).median_s}
+            for name, fn in parts.items()]
     seconds = {row["part"]: row["s"] for row in rows}
     total = (seconds["condition (upsample + encode)"] + args.steps * seconds["one denoising step"]
              + seconds["decode (features + LIIF + regressor)"])
     rows.append({"part": f"sum for {args.steps} steps", "s": total})
     print(f"{args.input}: {tuple(lr.shape[-2:])} -> {out_hw}, model input {in_hw}, latent {tuple(cond.shape[-2:])}, "
-          f"tile {sampling.tile}; {card_name(torch.device('cpu'))}, {torch.get_num_threads()} threads")
+          f"tile {sampling.tile}; {card_name(cpu)}, {torch.get_num_threads()} threads")
     print(format_table(rows, [("part", "part", "s"), ("s", "seconds", ".2f")]))
     write_json(args.out, run_record("bench/sr_parts.py", sys.argv[1:] if argv is None else argv,
                                     exp=str(args.exp), input=args.input, out_hw=out_hw, in_hw=in_hw,

@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real_steps", type=int, default=10,
                         help="DDIM steps for the full-size slice of the last step (its time grows with them)")
     parser.add_argument("--every", type=int, default=4, help="evaluate every n-th test slice (CPU time)")
+    parser.add_argument("--figures", type=int, default=4,
+                        help="comparison figures for the first n evaluated slices of each scale (a second each)")
     parser.add_argument("--batch_size", type=int, default=8,
                         help="slices per forward pass in the evaluation (each keeps its own seed: same numbers)")
     parser.add_argument("--first_k", type=int, default=None, help="evaluate only the first k test slices")
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
            "--lr_size", str(args.lr_size), "--scale_ratio", *[f"{s:g}" for s in args.scales],
            "--steps", str(args.steps), "--n_samples", str(args.n_samples), "--split", "test",
            "--every", str(args.every), "--batch_size", str(args.batch_size), "--device", device, "--overwrite",
-           "--save_image", "--out", str(out)]
+           "--save_image", "--max_figures", str(args.figures), "--out", str(out)]
     if args.first_k:
         cmd += ["--first_k", str(args.first_k)]
     run(cmd)

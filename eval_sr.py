@@ -98,6 +98,8 @@ def get_parser() -> argparse.ArgumentParser:
     run.add_argument("--trust_checkpoint", action="store_true",
                      help="allow checkpoints that need arbitrary unpickling (only from a trusted source)")
     run.add_argument("--save_image", action="store_true", help="16-bit SR PNGs and side-by-side panels")
+    run.add_argument("--max_figures", type=int, default=None,
+                     help="with --save_image, panels for the first N slices of each scale only (default: all)")
     run.add_argument("--out", default=None, help="output dir (default: <exp>/eval/<split>_lr<N>_x<S>_...)")
     run.add_argument("--overwrite", action="store_true", help="allow an existing, non-empty --out")
     run.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -213,7 +215,8 @@ def run_methods(args: argparse.Namespace, run: Experiment, name: str, exp: Exper
     """The rows of one trained run: one, or for an LDM with --n_samples K > 1 two: `name (1 sample)`
     and `name (mean of K)`. The mean of K posterior samples is a regression-like estimate that
     scores higher than any one sample (up to 10 log10(2K/(K+1)) dB for an ideal sampler), so both
-    are shown and named for what they score."""
+    are shown and named for what they score. Both rows share the pipeline, so the evaluation draws
+    K samples once and the 1-sample row is the first of them (ldm.evaluation.runner.draw)."""
     pipeline = build(args, run, degradation, exp.hu_window if data_kind == "hu" else None)
     info = run.describe()
     if pipeline.back_projection is not None:
@@ -313,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
 
     several = len(protocol.scale_ratios) > 1
     folder = (lambda s: out / scale_name(s)) if several else (lambda s: out)
-    sink = image_writer(folder, methods[-1].name, slices.data_kind, protocol.hu_window, args.save_image)
+    sink = image_writer(folder, methods[-1].name, slices.data_kind, protocol.hu_window, args.save_image,
+                        args.max_figures)
     results = evaluate(slices, methods, protocol, args.batch_size, args.windows, sink, not args.no_progress)
 
     meta = metadata(args, argv, exp, protocol, slices, source, methods)

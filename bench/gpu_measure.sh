@@ -195,11 +195,11 @@ part_eval() {
         --device "$DEVICE" --precision "$EVAL_PRECISION" --batch_size "$EVAL_BATCH" --data_root "$DATA_DIR/CT"
         --list "$DATA_DIR/test.txt" --overwrite --no_progress ${EVAL_ARGS:-})
     if [[ -n "$s2" ]]; then
-        # the table's main source: bicubic, Lanczos, the regressions and the LDM's mean of 8
+        # the table's main source: bicubic, Lanczos, the regressions and the LDM's 1 sample and
+        # mean of 8 (one draw of 8: the 1-sample row is its first sample)
         local compare=()
         if [[ ${#regress[@]} -gt 0 ]]; then compare=(--compare "${regress[@]}"); fi
         run "${ev[@]}" --exp "$s2" --n_samples 8 "${compare[@]}" --out "$OUT/eval/ldm-mean8"
-        run "${ev[@]}" --exp "$s2" --n_samples 1 --out "$OUT/eval/ldm-1sample"
         if [[ "$EVAL_BP" != 0 ]]; then
             # data consistency: every trained model back-projected onto its LR (rows "+ back-projection")
             run "${ev[@]}" --exp "$s2" --n_samples 1 --back_projection "$EVAL_BP" "${compare[@]}" \
@@ -218,7 +218,6 @@ part_eval() {
         echo "no trained run to evaluate (part train first)"
     fi
     if [[ -n "$s3" ]]; then
-        run "${ev[@]}" --exp "$s3" --n_samples 1 --out "$OUT/eval/align-1sample"
         run "${ev[@]}" --exp "$s3" --n_samples 8 --out "$OUT/eval/align-mean8"
     fi
 }

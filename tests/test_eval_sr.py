@@ -162,6 +162,13 @@ def test_save_image_writes_hu_pngs_and_comparison_figures(capsys, fake_run, tmp_
         assert figure.format == "PNG" and figure.size[0] > figure.size[1] > 300  # methods side by side
 
 
+def test_max_figures_bounds_the_panels_not_the_sr_pngs(capsys, fake_run, tmp_path):
+    rc, _, _ = run(capsys, "--exp", fake_run, "--lr_size", 16, "--scale_ratio", 3, "--save_image",
+                   "--max_figures", 1, "--batch_size", 2, "--out", tmp_path / "e")
+    images = tmp_path / "e" / "images" / "chest"
+    assert rc == 0 and len(list(images.glob("*_sr.png"))) == 4 and len(list(images.glob("*_compare.png"))) == 1
+
+
 def test_default_out_is_in_the_log_dir_and_never_reused(capsys, fake_run):
     args = ["--exp", fake_run, "--lr_size", 16, "--scale_ratio", 2, "--first_k", 2]
     rc, out, _ = run(capsys, *args)

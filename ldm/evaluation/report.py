@@ -182,12 +182,15 @@ def image_writer(
     data_kind: str,
     hu_window: Window,
     save_images: bool,
+    max_figures: int | None = None,
 ) -> Callable[..., None]:
     """A runner sink saving `method`'s SR (and std map, when it sampled K > 1) for every slice.
 
     The std map is written whenever there is one (asking for K samples asks for the uncertainty);
-    SR and panel PNGs only with save_images.
+    SR and panel PNGs only with save_images, the panels (about a second of plotting each) for the
+    first max_figures slices of each scale (None: every slice).
     """
+    figures: dict[float, int] = {}
 
     def sink(
         scale: float,
@@ -205,11 +208,14 @@ def image_writer(
                 write_std(f"{stem}_std.png", std[i, 0], data_kind, hu_window)
             if save_images or std is not None:
                 write_sr(f"{stem}_sr.png", sr[i, 0], data_kind, hu_window)
-            if save_images and data_kind == "hu":
+            if not save_images or (max_figures is not None and figures.get(scale, 0) >= max_figures):
+                continue
+            figures[scale] = figures.get(scale, 0) + 1
+            if data_kind == "hu":
                 shown = {name: out[0][i] for name, out in outputs.items()}
                 title = f"{ref.name}  x{scale:g}"
                 comparison_figure(f"{stem}_compare.png", lr[i], gt[i], shown, hu_window, title)
-            elif save_images and bicubic is not None:
+            elif bicubic is not None:
                 write_png8(f"{stem}_panel.png", panel(lr[i], bicubic[i], sr[i], gt[i]))
 
     return sink

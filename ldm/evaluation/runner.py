@@ -150,6 +150,19 @@ def std_unit(data_kind: str, protocol: Protocol) -> tuple[str, float]:
     return "std_u8", 127.5
 
 
+def draw(methods: Sequence[Method], lr: torch.Tensor, out_size: tuple[int, int],
+         seeds: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Each method's samples (B, K, H, W) by name. Rows that share a pipeline share its draws: the
+    pipeline samples once, as many as its largest K, and a row of k samples scores the first k
+    (`(1 sample)` is the first of the `(mean of K)` row's samples: independent draws, one pass fewer)."""
+    drawn: dict[int, torch.Tensor] = {}
+    for method in sorted(methods, key=lambda m: -m.n_samples):
+        key = id(method.pipeline)
+        if key not in drawn or drawn[key].shape[1] < method.n_samples:
+            drawn[key] = method(lr, out_size, seeds)
+    return {m.name: drawn[id(m.pipeline)][:, : m.n_samples] for m in methods}
+
+
 def evaluate(
     slice_set: SliceSet,
     methods: Sequence[Method],
@@ -159,7 +172,8 @@ def evaluate(
     on_batch: BatchSink | None = None,
     progress: bool = True,
 ) -> list[ScaleResult]:
-    """Score every method on every slice at every scale; K > 1 samples are scored by their mean."""
+    """Score every method on every slice at every scale; K > 1 samples are scored by their mean
+    (rows that share a pipeline score one draw: see draw)."""
     if batch_size <= 0:
         raise ValueError(f"--batch_size: must be positive, got {batch_size}")
     results = [ScaleResult(s, protocol.out_size(s)) for s in protocol.scale_ratios]
@@ -178,8 +192,9 @@ def evaluate(
                 result.seeds += seeds
                 result.gt_upsampled += sum(min(ref.shape) < min(result.out_size) for ref in batch)
                 outputs = {}
+                drawn = draw(methods, lr, result.out_size, seeds)
                 for method in methods:
-                    samples = method(lr, result.out_size, seeds)  # (B, K, H, W)
+                    samples = drawn[method.name]  # (B, K, H, W)
                     sr = samples.mean(dim=1, keepdim=True)
                     std = samples.std(dim=1, correction=0, keepdim=True) if samples.shape[1] > 1 else None
                     scores = score(sr, gt, lr, protocol, slice_set.data_kind, windows)

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10,
                         help="DDIM steps for the evaluation (10 scored 0.4 dB above 20 on the CPU benchmark's model)")
     parser.add_argument("--n_samples", type=int, default=4, help="K of the LDM's mean-of-K rows")
-    parser.add_argument("--real_steps", type=int, default=10,
+    parser.add_argument("--real_steps", type=int, default=5,
                         help="DDIM steps for the full-size slice of the last step (its time grows with them)")
     parser.add_argument("--every", type=int, default=4, help="evaluate every n-th test slice (CPU time)")
     parser.add_argument("--figures", type=int, default=4,

@@ -112,6 +112,8 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name}: must be >= 1, got {value}")
+    if args.max_figures is not None and args.max_figures < 0:
+        raise UsageError(f"--max_figures: must be >= 0, got {args.max_figures}")
     if args.eta is not None and args.eta < 0:
         raise UsageError(f"--eta: must be >= 0, got {args.eta:g}")
     if args.list and args.split:

@@ -278,6 +278,7 @@ def _empty_root(run_dir, ct_splits):
     lambda d, s: (["--lr_size", 0], "--lr_size"),
     lambda d, s: (["--lr_size", 65], "smaller than --lr_size 65"),
     lambda d, s: (["--batch_size", 0], "--batch_size"),
+    lambda d, s: (["--max_figures", -1], "--max_figures"),
     lambda d, s: (["--exp", d.parent / "nothing"], "log dir not found"),
     _no_checkpoint, _no_config, _missing_listed_slice, _empty_root,
 ])
